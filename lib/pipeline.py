@@ -1,0 +1,176 @@
+"""``make reproduce``: run every phase notebook headlessly, skip what is up to date, render HTML.
+
+For each ``notebooks/NN_name.py`` in order: compute the hash of its inputs (notebook, effective
+params, ``lib/``, ``data/``, requirements, and the phases before it); if
+``results/<stem>/<run>/manifest.json`` records the same hash and the report exists, skip it.
+Otherwise execute it with papermill into ``results/<stem>/<run>.partial/``, render
+``reports/<stem>--<run>.html``, write the manifest last, and swap the folder in. A failed or
+killed run leaves the previous complete results untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import lib  # noqa: F401  (offline hub policy)
+from lib.params import effective_params, notebook_parameters
+from lib.paths import DATA, KERNEL_NAME, LIB, NOTEBOOKS, REPORTS, RESULTS, ROOT
+from lib.provenance import git_commit, hash_paths, package_versions, read_manifest, relative, write_json
+
+__all__ = ["stems", "run_phase", "reproduce", "write_index", "render_html"]
+
+
+def stems() -> list[str]:
+    """Phase notebooks in run order: ``notebooks/NN_name.py``."""
+    return sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+def _all_keys() -> set[str]:
+    return set().union(*(notebook_parameters(s) for s in stems()))
+
+
+def render_html(executed: Path, target: Path, title: str) -> None:
+    """Self-contained HTML of an executed notebook, code hidden (plotly.js is inlined by the renderer)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(executed, as_version=4)
+    nb.metadata["title"] = title
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(body, encoding="utf-8")
+    tmp.replace(target)
+
+
+def run_phase(stem: str, run: str, upstream: str, *, force: bool = False, log=print) -> dict:
+    """Run one phase if its inputs changed; return its manifest."""
+    import jupytext
+    import nbformat
+    import papermill as pm
+
+    params = effective_params(stem, run, overlay_keys_known=_all_keys())
+    inputs = hash_paths([NOTEBOOKS / f"{stem}.py", LIB, DATA, ROOT / "requirements.txt"],
+                        extra=json.dumps({"params": params, "upstream": upstream}, sort_keys=True).encode())
+    final = RESULTS / stem / run
+    report = REPORTS / f"{stem}--{run}.html"
+    if final.exists() and not force:
+        try:
+            old = read_manifest(final)
+            if old.get("inputs_sha256") == inputs and report.exists():
+                log(f"[reproduce] {stem} ({run}): up to date, skipped")
+                return old
+        except Exception:  # half-written: keep it aside, never delete results silently
+            aside = final.with_name(f"{run}.incomplete-{dt.datetime.now():%Y%m%dT%H%M%S}")
+            final.rename(aside)
+            log(f"[reproduce] {stem} ({run}): {final} had no manifest; moved it to {aside} and rerunning")
+    partial = final.with_name(f"{run}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    nb_in = partial / f"{stem}.input.ipynb"
+    nbformat.write(jupytext.read(NOTEBOOKS / f"{stem}.py"), nb_in)
+    log(f"[reproduce] {stem} ({run}): running with {params}")
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    executed = partial / f"{stem}.ipynb"
+    pm.execute_notebook(str(nb_in), str(executed), parameters={**params, "output_dir": str(partial)},
+                        kernel_name=KERNEL_NAME, language="python", cwd=str(NOTEBOOKS), progress_bar=False,
+                        log_output=False)
+    nb_in.unlink()
+    REPORTS.mkdir(exist_ok=True)
+    summary = json.loads((partial / "summary.json").read_text()) if (partial / "summary.json").exists() else {}
+    render_html(executed, report, title=f"{stem} ({run})")
+    wall = time.perf_counter() - t0
+    manifest = {
+        "stem": stem, "run": run, "params": params, "inputs_sha256": inputs, "upstream_sha256": upstream,
+        "git": git_commit(), "versions": package_versions(), "started": started.isoformat(timespec="seconds"),
+        "wall_s": round(wall, 2), "report": str(relative(report)),
+        "summary": summary.get("summary", ""), "models": summary.get("models", []),
+    }
+    write_json(partial / "manifest.json", manifest)
+    old = final.with_name(f"{run}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    log(f"[reproduce] {stem} ({run}): done in {wall:.1f} s -> {relative(report)}")
+    return manifest
+
+
+def write_index() -> Path:
+    """``reports/index.html``: every report with its summary, when and from what it was made."""
+    rows = []
+    for path in sorted(RESULTS.glob("*/*/manifest.json")):
+        m = json.loads(path.read_text())
+        commit = (m.get("git") or {}).get("commit") or "uncommitted"
+        dirty = " (with local changes)" if (m.get("git") or {}).get("dirty") else ""
+        models = ", ".join(x.get("name", "?") for x in m.get("models", [])) or "-"
+        href = Path(m["report"]).name
+        rows.append(
+            f"<tr><td><a href='{html.escape(href)}'>{html.escape(m['stem'])}</a></td>"
+            f"<td>{html.escape(m['run'])}</td><td>{html.escape(m.get('summary', ''))}</td>"
+            f"<td>{html.escape(models)}</td><td>{html.escape(m['started'])}<br>{m['wall_s']} s</td>"
+            f"<td><code>{commit[:10]}</code>{dirty}<br><code>params/{html.escape(m['stem'])}.yaml</code>"
+            f"{'' if m['run'] == 'default' else ' + <code>params/' + html.escape(m['run']) + '.yaml</code>'}"
+            f"</td></tr>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Emotion circuits: reports</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.5em;text-align:left;vertical-align:top}}
+th{{background:#f5f5f5}}code{{font-size:.9em}}</style></head><body>
+<h1>Emotion circuits: reports</h1>
+<p>Made by <code>make reproduce</code>. Each phase's artifacts and manifest are in <code>results/&lt;phase&gt;/&lt;run&gt;/</code>.</p>
+<table><tr><th>Phase</th><th>Run</th><th>Summary</th><th>Models</th><th>Made</th><th>From</th></tr>
+{''.join(rows) or '<tr><td colspan=6>No reports yet.</td></tr>'}</table></body></html>"""
+    REPORTS.mkdir(exist_ok=True)
+    target = REPORTS / "index.html"
+    target.write_text(page, encoding="utf-8")
+    return target
+
+
+def reproduce(run: str = "default", only: list[str] | None = None, force: bool = False) -> None:
+    """Run every phase (or ``only`` those) for ``run``, in order, then write the index."""
+    all_stems = stems()
+    unknown = sorted(set(only or []) - set(all_stems))
+    if unknown:
+        raise SystemExit(f"error: unknown phase(s) {unknown}; known: {all_stems}")
+    keys = _all_keys()
+    upstream = ""
+    t0 = time.perf_counter()
+    for stem in all_stems:
+        if not only or stem in only:
+            run_phase(stem, run, upstream, force=force)
+        # Later phases depend on earlier ones: chain each phase's notebook and params into the next.
+        upstream = hash_paths([NOTEBOOKS / f"{stem}.py"], extra=(upstream + json.dumps(
+            effective_params(stem, run, overlay_keys_known=keys), sort_keys=True)).encode())
+    index = write_index()
+    print(f"[reproduce] all phases ({run}) done in {time.perf_counter() - t0:.1f} s; open {relative(index)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="default", help="params overlay: default, or NAME for params/NAME.yaml")
+    parser.add_argument("--only", nargs="*", help="phase stems to run (default: all)")
+    parser.add_argument("--force", action="store_true", help="rerun even if up to date")
+    args = parser.parse_args(argv)
+    try:
+        reproduce(args.run, args.only, args.force)
+    except Exception as err:  # noqa: BLE001 - turn any failure into one clear line and a non-zero exit
+        from lib.params import ParamsError
+
+        if isinstance(err, ParamsError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

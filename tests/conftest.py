@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny randomly initialised models of every supported architecture."""
+from __future__ import annotations
+
+import pytest
+
+import lib  # noqa: F401  (offline hub policy before transformers is imported)
+from lib.models import load_model
+from lib.tiny import TINY_NAMES
+
+TEXTS = [
+    "Thank you so much for staying late to help me move.",
+    "Sorry.",
+    "Why on earth would you cancel without telling anyone?",
+    "The meeting moved to room 4B",
+]
+
+
+@pytest.fixture(scope="session", params=TINY_NAMES)
+def tiny(request):
+    """Each tiny architecture, loaded once per session through the lib loader."""
+    return load_model(request.param, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def texts():
+    return list(TEXTS)
