@@ -27,9 +27,10 @@ def examples_html(df: pd.DataFrame, *, per_group: int = 3, seed: int = 0) -> str
     sample = (df.sample(frac=1.0, random_state=seed).groupby(["profile", "emotion"], sort=False)
                 .head(per_group).sort_values(["profile", "emotion"], kind="stable"))
     rows = "".join(
-        f"<tr><td>{html.escape(r.profile)}</td>"
+        f"<tr style='text-align:left'><td>{html.escape(r.profile)}</td>"
         f"<td style='color:{EMOTION_COLORS.get(r.emotion, '#000')};font-weight:600'>{r.emotion}</td>"
-        f"<td>{html.escape(str(r.register))}</td><td>{highlight_span(r.text, r.span_start, r.span_end)}</td></tr>"
+        f"<td>{html.escape(str(r.register))}</td><td style='text-align:left'>{highlight_span(r.text, r.span_start, r.span_end)}</td></tr>"
         for r in sample.itertuples())
-    return ("<table><tr><th>profile</th><th>emotion</th><th>register</th><th>text (span marked)</th></tr>"
+    return ("<table style='text-align:left'><tr style='text-align:left'><th>profile</th><th>emotion</th>"
+            "<th>register</th><th style='text-align:left'>text (span marked)</th></tr>"
             f"{rows}</table>")

@@ -25,7 +25,7 @@ from lib.weights import GGUF_SOURCES, ensure_cached
 __all__ = [
     "ModelSpec", "REGISTRY", "ARCH_QUIRKS", "ModelUnavailableError", "UnknownModelError",
     "Encoded", "TextEncoder", "LoadedModel", "resolve_spec", "load_model", "load_encoder", "load_hf_model", "resolve_device",
-    "resolve_dtype", "offline_model_names", "state_dict_sha256",
+    "resolve_dtype", "offline_model_names", "check_available", "state_dict_sha256",
 ]
 
 
@@ -119,8 +119,9 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _check_hub_available(spec: ModelSpec) -> None:
-    if os.environ.get("HF_HUB_OFFLINE") != "1":
+def check_available(spec: ModelSpec) -> None:
+    """Raise ModelUnavailableError for a hub model when the hub is off and it is not cached."""
+    if spec.kind != "hub" or os.environ.get("HF_HUB_OFFLINE") != "1":
         return
     from huggingface_hub import try_to_load_from_cache
 
@@ -133,14 +134,16 @@ def _check_hub_available(spec: ModelSpec) -> None:
 
 def load_hf_model(spec: ModelSpec, *, dtype: torch.dtype = torch.float32, seed: int = 0):
     """A fresh Hugging Face model (eager attention, eval mode) and tokenizer for ``spec``."""
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    transformers.logging.disable_progress_bar()  # per-tensor "Loading weights" bars clutter reports
     if spec.kind == "tiny":
         return build_tiny_model(spec.name, seed=seed, dtype=dtype), build_tiny_tokenizer()
     if spec.kind == "gguf":
         where = str(ensure_cached(spec.name))
     elif spec.kind == "hub":
-        _check_hub_available(spec)
+        check_available(spec)
         where = spec.source
     else:
         where = spec.source
@@ -315,7 +318,7 @@ def load_encoder(name: str) -> TextEncoder:
         tokenizer = AutoTokenizer.from_pretrained(str(ensure_cached(name)))
     else:
         if spec.kind == "hub":
-            _check_hub_available(spec)
+            check_available(spec)
         tokenizer = AutoTokenizer.from_pretrained(spec.source)
     return TextEncoder(spec, _prepare_tokenizer(tokenizer))
 

@@ -23,7 +23,11 @@ from lib.params import effective_params, notebook_parameters
 from lib.paths import DATA, KERNEL_NAME, LIB, NOTEBOOKS, REPORTS, RESULTS, ROOT
 from lib.provenance import git_commit, hash_paths, package_versions, read_manifest, relative, write_json
 
-__all__ = ["stems", "run_phase", "reproduce", "write_index", "render_html"]
+__all__ = ["PhaseError", "stems", "run_phase", "reproduce", "write_index", "render_html"]
+
+
+class PhaseError(RuntimeError):
+    """A phase notebook raised; the message names the phase, the error and where the traceback is."""
 
 
 def stems() -> list[str]:
@@ -50,6 +54,26 @@ def render_html(executed: Path, target: Path, title: str) -> None:
     tmp.replace(target)
 
 
+def check_values(stem: str, params: dict) -> None:
+    """Fail before running a notebook on values every phase shares: models, profiles, device, dtype."""
+    from lib.datasets import PROFILES
+    from lib.models import ModelUnavailableError, check_available, resolve_device, resolve_dtype, resolve_spec
+    from lib.params import ParamsError
+
+    try:
+        for name in params.get("models", []):
+            check_available(resolve_spec(name))
+        for profile in params.get("profiles", []):
+            if profile not in PROFILES:
+                raise ValueError(f"unknown profile {profile!r}; valid: {list(PROFILES)}")
+        if "device" in params:
+            resolve_device(params["device"])
+        if "dtype" in params:
+            resolve_dtype(params["dtype"])
+    except (ValueError, ModelUnavailableError) as err:
+        raise ParamsError(f"params for {stem}: {err}") from err
+
+
 def run_phase(stem: str, run: str, upstream: str, *, force: bool = False, log=print) -> dict:
     """Run one phase if its inputs changed; return its manifest."""
     import jupytext
@@ -57,6 +81,7 @@ def run_phase(stem: str, run: str, upstream: str, *, force: bool = False, log=pr
     import papermill as pm
 
     params = effective_params(stem, run, overlay_keys_known=_all_keys())
+    check_values(stem, params)
     inputs = hash_paths([NOTEBOOKS / f"{stem}.py", LIB, DATA, ROOT / "requirements.txt"],
                         extra=json.dumps({"params": params, "upstream": upstream}, sort_keys=True).encode())
     final = RESULTS / stem / run
@@ -80,9 +105,15 @@ def run_phase(stem: str, run: str, upstream: str, *, force: bool = False, log=pr
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     executed = partial / f"{stem}.ipynb"
-    pm.execute_notebook(str(nb_in), str(executed), parameters={**params, "output_dir": str(partial)},
-                        kernel_name=KERNEL_NAME, language="python", cwd=str(NOTEBOOKS), progress_bar=False,
-                        log_output=False)
+    try:
+        pm.execute_notebook(str(nb_in), str(executed), parameters={**params, "output_dir": str(partial)},
+                            kernel_name=KERNEL_NAME, language="python", cwd=str(NOTEBOOKS), progress_bar=False,
+                            log_output=False)
+    except pm.PapermillExecutionError as err:
+        raise PhaseError(
+            f"phase {stem} ({run}) failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+            f"The executed notebook with the full traceback is {relative(executed)}; "
+            f"the last complete results ({relative(final)}) were left as they were.") from err
     nb_in.unlink()
     REPORTS.mkdir(exist_ok=True)
     summary = json.loads((partial / "summary.json").read_text()) if (partial / "summary.json").exists() else {}
@@ -142,6 +173,9 @@ def reproduce(run: str = "default", only: list[str] | None = None, force: bool =
     if unknown:
         raise SystemExit(f"error: unknown phase(s) {unknown}; known: {all_stems}")
     keys = _all_keys()
+    for stem in all_stems:  # every params file and shared value is checked before anything runs
+        if not only or stem in only:
+            check_values(stem, effective_params(stem, run, overlay_keys_known=keys))
     upstream = ""
     t0 = time.perf_counter()
     for stem in all_stems:
@@ -160,15 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="phase stems to run (default: all)")
     parser.add_argument("--force", action="store_true", help="rerun even if up to date")
     args = parser.parse_args(argv)
+    from lib.params import ParamsError
+
     try:
         reproduce(args.run, args.only, args.force)
-    except Exception as err:  # noqa: BLE001 - turn any failure into one clear line and a non-zero exit
-        from lib.params import ParamsError
-
-        if isinstance(err, ParamsError):
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        raise
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except PhaseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

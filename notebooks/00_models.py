@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (emotion-circuits)
 #     language: python
@@ -38,17 +41,14 @@ import json
 import time
 
 import pandas as pd
-import plotly.express as px
 import torch
 from IPython.display import Markdown, display
 
 from lib.models import load_model
 from lib.parity import batch_consistency, greedy_continuation, logit_parity, reference_hf_model
-from lib.plots import setup_plotly
 from lib.provenance import save_summary
 from lib.results import prepare_output_dir, provenance_markdown
 
-setup_plotly()
 torch.manual_seed(seed)
 out = prepare_output_dir(output_dir)
 PARITY_TEXTS = [
@@ -71,8 +71,9 @@ for name in models:  # one call per model: loading is the only step
     timings[name] = time.perf_counter() - t0
     identities.append({**loaded[name].identity(), "load_s": round(timings[name], 2)})
 identity_table = pd.DataFrame(identities).set_index("name")
-identity_table[["kind", "architecture", "n_layers", "n_heads", "n_key_value_heads", "d_model", "d_head",
-                "d_vocab", "n_params", "prepend_bos", "supports_attn_result", "has_resid_mid", "load_s"]]
+identity_table[["kind", "source", "architecture", "n_layers", "n_heads", "n_key_value_heads", "d_model", "d_head",
+                "d_vocab", "n_params", "prepend_bos", "supports_attn_result", "has_resid_mid", "weights_sha256",
+                "load_s"]].T
 
 # %% [markdown]
 # ## Parity with Hugging Face
@@ -88,14 +89,9 @@ parity = pd.DataFrame([
      "batch_max_abs_diff": batch_consistency(lm, PARITY_TEXTS)}
     for name, lm in loaded.items()
 ])
-parity
-
-# %%
-fig = px.bar(parity.melt(id_vars="model", var_name="check", value_name="max |diff|"),
-             x="model", y="max |diff|", color="check", barmode="group", log_y=True,
-             title="Logit differences (log scale; 1e-4 tolerance line)")
-fig.add_hline(y=1e-4, line_dash="dash", annotation_text="tolerance 1e-4")
-fig.show()
+parity.style.format("{:.2e}", subset=["hf_max_abs_diff", "batch_max_abs_diff"]).map(
+    lambda v: "color: #2a9d8f" if v < 1e-4 else "color: #e63946; font-weight: bold",
+    subset=["hf_max_abs_diff", "batch_max_abs_diff"])
 
 # %% [markdown]
 # ## A first continuation
@@ -107,7 +103,9 @@ continuations = pd.DataFrame([
     {"model": name, "prompt": prompt, "continuation": greedy_continuation(lm, prompt, max_new_tokens)}
     for name, lm in loaded.items()
 ])
-display(Markdown("\n".join(f"- **{r.model}**: {r.prompt}*{r.continuation}*" for r in continuations.itertuples())))
+# newlines shown as \n so the table keeps one row per model
+pd.set_option("display.max_colwidth", None)
+continuations.assign(continuation=continuations["continuation"].map(lambda t: t.replace("\n", "\\n")))
 
 # %% [markdown]
 # ## Save

@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (emotion-circuits)
 #     language: python
@@ -86,7 +89,8 @@ token_cols = [c for c in lengths if c.startswith("tokens_")]
 px.box(lengths.melt(id_vars=["group", "emotion"], value_vars=token_cols, var_name="tokenizer",
                     value_name="tokens"),
        x="tokenizer", y="tokens", color="emotion", facet_col="group", points=False,
-       title="Tokens per text, by tokenizer (BOS included where the model gets one)", **colors).show()
+       title="Tokens per text, by tokenizer (BOS included where the model gets one; axis cut at the 99th percentile)",
+       **colors).update_yaxes(range=[0, lengths[token_cols].quantile(0.99).max()]).show()
 display(lengths.groupby(["group", "emotion"])[["words", *token_cols]].median().unstack("emotion"))
 
 # %% [markdown]

@@ -65,7 +65,7 @@ def test_runs_then_skips_then_reruns_on_param_change(project):
 def test_failed_run_keeps_previous_results(project):
     _run([])
     (project / "params" / "00_t.yaml").write_text("x: 5\nfail: true\n")
-    with pytest.raises(Exception, match="asked to fail"):
+    with pytest.raises(PL.PhaseError, match=r"phase 00_t \(default\) failed in cell \d+: AssertionError: asked to fail"):
         _run([])
     out = project / "results" / "00_t" / "default"
     assert (out / "x.txt").read_text() == "1" and (out / "manifest.json").exists()
@@ -87,3 +87,14 @@ def test_index_lists_phase(project):
     _run([])
     page = PL.write_index().read_text()
     assert "00_t--default.html" in page and "x is 1" in page
+
+
+def test_shared_values_are_checked_before_running():
+    from lib.params import ParamsError
+
+    with pytest.raises(ParamsError, match=r"params for 00_models: unknown model 'smolm2'"):
+        PL.check_values("00_models", {"models": ["smolm2"]})
+    with pytest.raises(ParamsError, match=r"unknown profile 'goemotion'"):
+        PL.check_values("01_dataset", {"profiles": ["goemotion"]})
+    with pytest.raises(ParamsError, match=r"dtype 'fp16' is not one of"):
+        PL.check_values("00_models", {"dtype": "fp16"})
