@@ -88,7 +88,7 @@ def load_authored(profile: str, path: Path | None = None) -> pd.DataFrame:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                _fail(path, line_no, f"bad JSON: {err.msg} at column {err.colno}")
+                _fail(path, line_no, f"bad JSON ({err.msg}, column {err.colno})")
             rows.append(_validate_authored_row(row, path, line_no, profile, seen))
     if not rows:
         raise DatasetError(f"{path}: no rows")

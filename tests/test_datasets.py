@@ -51,7 +51,7 @@ def _write(tmp_path, rows):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("{not json", r"baseline.jsonl:2: bad JSON"),
+    ("{not json", r"baseline.jsonl:2: bad JSON \(Expecting property name enclosed in double quotes, column 2\)"),
     ({**GOOD, "id": "x2", "emotion": "joy"}, r":2: unknown emotion 'joy'; valid: \['gratitude', 'anger', 'apology', 'neutral'\]"),
     ({**GOOD, "id": "x2", "text": "   "}, r":2: empty text"),
     ({**GOOD}, r":2: duplicate id 'bl-grat-0001' \(first on line 1\)"),
