@@ -12,6 +12,8 @@ ifneq ($(EMOTION_HUB),1)
 export HF_HUB_OFFLINE := 1
 endif
 export PYTHONHASHSEED := 0
+# Notebooks, tests and kernels import this checkout's lib/, even with a venv shared by another checkout.
+export PYTHONPATH := $(CURDIR)
 
 .PHONY: help setup weights reproduce test lab clean
 
@@ -24,8 +26,8 @@ help:
 
 $(STAMP): requirements.txt requirements-lock.txt
 	@echo "[setup] creating $(VENV) with pinned requirements (first run only)"
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: the pins are for Python 3.11, but $(PYTHON) is " + sys.version.split()[0] + "; run make PYTHON=python3.11 ...")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check --quiet --upgrade pip
 	$(PY) -m pip install --disable-pip-version-check --quiet -r requirements.txt
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))" >/dev/null
 	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'emotion_circuits_root.pth').write_text('$(CURDIR)\n')"
@@ -37,6 +39,7 @@ weights: setup
 	$(PY) -m lib.weights smollm2-135m gemma3-270m
 
 reproduce: setup
+	$(PY) -m lib.pipeline --run $(RUN) --check
 ifeq ($(RUN),default)
 	$(PY) -m lib.weights smollm2-135m gemma3-270m
 endif

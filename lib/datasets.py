@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lib.paths import EMOTION_DATA, GOEMOTIONS_DATA
+from lib.provenance import relative
 
 __all__ = [
     "EMOTIONS", "PROFILES", "AUTHORED_PROFILES", "REGISTERS", "DOMAINS", "GOEMOTIONS_LABELS", "DatasetError",
@@ -38,7 +39,7 @@ class DatasetError(ValueError):
 
 
 def _fail(path: Path, line: int, what: str) -> None:
-    raise DatasetError(f"{path}:{line}: {what}")
+    raise DatasetError(f"{relative(path)}:{line}: {what}")
 
 
 def _validate_authored_row(row, path: Path, line: int, profile: str, seen: dict[str, int]) -> dict:

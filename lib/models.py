@@ -218,6 +218,16 @@ class TextEncoder:
         return Encoded(input_ids.to(device), mask.to(device),
                        torch.tensor(lengths, device=device), [[tuple(o) for o in r] for r in offs])
 
+    def identity(self) -> dict:
+        """Name, source, BOS policy and a sha256 of the tokenizer's full definition."""
+        import hashlib
+
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        definition = backend.to_str() if backend is not None else repr(sorted(self.tokenizer.get_vocab().items()))
+        return {"name": self.spec.name, "kind": self.spec.kind, "source": self.spec.source,
+                "tokenizer_sha256": hashlib.sha256(definition.encode()).hexdigest(),
+                "prepend_bos": bool(self.spec.prepend_bos or self.tokenizer_adds_bos)}
+
     def n_tokens(self, texts: list[str]) -> list[int]:
         """Real-token count of each text under this policy (BOS included where prepended)."""
         return self.encode(list(texts)).lengths.tolist()
@@ -323,6 +333,19 @@ def load_encoder(name: str) -> TextEncoder:
     return TextEncoder(spec, _prepare_tokenizer(tokenizer))
 
 
+def _verify_cached_weights(name: str, got: str) -> None:
+    import json
+
+    from lib.weights import WeightsError, cached_folder
+
+    folder = cached_folder(name)
+    expected = json.loads((folder / "identity.json").read_text()).get("state_dict_sha256")
+    if got != expected:
+        raise WeightsError(f"the cached weights in {folder} changed since they were made (state dict sha256 "
+                           f"{got[:16]}..., expected {str(expected)[:16]}...); delete that folder and run "
+                           f"`make weights` to rebuild it from the verified GGUF")
+
+
 def load_model(name: str, *, device: str = "auto", dtype: str = "float32", seed: int = 0) -> LoadedModel:
     """Load ``name`` (see ``REGISTRY``) as a TransformerBridge over eager-attention HF weights.
 
@@ -337,6 +360,8 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "float32", seed:
     hf_model, tokenizer = load_hf_model(spec, dtype=torch_dtype, seed=seed)
     tokenizer = _prepare_tokenizer(tokenizer)
     weights_sha256 = state_dict_sha256(hf_model)
+    if spec.kind == "gguf" and torch_dtype == torch.float32:
+        _verify_cached_weights(spec.name, weights_sha256)
     boot_name = str(ensure_cached(name)) if spec.kind == "gguf" else spec.source
     # The bridge may swap or reconfigure the tokenizer it is given; ours stays as set above.
     bridge = TransformerBridge.boot_transformers(boot_name, hf_model=hf_model.to(device),

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from lib.paths import NOTEBOOKS, PARAMS
+from lib.provenance import relative
 
 __all__ = ["ParamsError", "notebook_parameters", "read_yaml", "effective_params", "RESERVED"]
 
@@ -29,11 +30,11 @@ def notebook_parameters(stem: str) -> dict:
     path = NOTEBOOKS / f"{stem}.py"
     if not path.exists():
         known = sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
-        raise ParamsError(f"no notebook {path}; known stems: {known}")
+        raise ParamsError(f"no notebook {relative(path)}; known stems: {known}")
     nb = jupytext.read(path)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
-        raise ParamsError(f"{path} must have exactly one '# %% tags=[\"parameters\"]' cell, found {len(cells)}")
+        raise ParamsError(f"{relative(path)} must have exactly one '# %% tags=[\"parameters\"]' cell, found {len(cells)}")
     scope: dict = {}
     exec(compile(cells[0].source, str(path), "exec"), {}, scope)  # literals only, by convention
     return {k: v for k, v in scope.items() if not k.startswith("_")}
@@ -42,23 +43,23 @@ def notebook_parameters(stem: str) -> dict:
 def read_yaml(path: Path) -> dict:
     """A flat YAML mapping; errors name the file."""
     if not path.exists():
-        raise ParamsError(f"params file {path} not found")
+        raise ParamsError(f"params file {relative(path)} not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from err
+        raise ParamsError(f"{relative(path)}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping of parameter names to values, got {type(data).__name__}")
+        raise ParamsError(f"{relative(path)}: expected a mapping of parameter names to values, got {type(data).__name__}")
     return data
 
 
 def _check_keys(keys, valid: dict, where: Path, stem: str) -> None:
     reserved = [k for k in keys if k in RESERVED]
     if reserved:
-        raise ParamsError(f"{where}: {reserved} are set by the pipeline, not by params files")
+        raise ParamsError(f"{relative(where)}: {reserved} are set by the pipeline, not by params files")
     unknown = sorted(set(keys) - set(valid))
     if unknown:
-        raise ParamsError(f"{where}: unknown key(s) {unknown} for notebook {stem}; valid keys: "
+        raise ParamsError(f"{relative(where)}: unknown key(s) {unknown} for notebook {stem}; valid keys: "
                           f"{sorted(k for k in valid if k not in RESERVED)}")
 
 
@@ -77,17 +78,35 @@ def effective_params(stem: str, run: str = "default", overlay_keys_known: set[st
         overlay_path = PARAMS / f"{run}.yaml"
         if not overlay_path.exists():
             runs = sorted(p.stem for p in PARAMS.glob("*.yaml") if not p.stem[:2].isdigit())
-            raise ParamsError(f"no overlay {overlay_path} for run {run!r}; known runs: ['default'] + {runs}")
+            raise ParamsError(f"no overlay {relative(overlay_path)} for run {run!r}; known runs: ['default'] + {runs}")
         overlay = read_yaml(overlay_path)
+        reserved = [k for k in overlay if k in RESERVED]
+        if reserved:
+            raise ParamsError(f"{relative(overlay_path)}: {reserved} are set by the pipeline, not by params files")
         known = overlay_keys_known if overlay_keys_known is not None else set(defaults)
         unknown = sorted(set(overlay) - known)
         if unknown:
-            raise ParamsError(f"{overlay_path}: unknown key(s) {unknown}; keys notebooks take: {sorted(known - set(RESERVED))}")
+            raise ParamsError(f"{relative(overlay_path)}: unknown key(s) {unknown}; keys notebooks take: {sorted(known - set(RESERVED))}")
         params.update({k: v for k, v in overlay.items() if k in defaults})
     for key, value in params.items():
-        default = defaults[key]
-        if default is not None and value is not None and type(value) is not type(default) \
-                and not (isinstance(default, float) and isinstance(value, int)):
-            raise ParamsError(f"{stem}: parameter {key!r} should be {type(default).__name__} "
-                              f"like its default {default!r}, got {value!r}")
+        _check_type(stem, key, value, defaults[key])
     return params
+
+
+def _same_kind(value, default) -> bool:
+    if isinstance(default, float) and not isinstance(default, bool):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) is type(default)
+
+
+def _check_type(stem: str, key: str, value, default) -> None:
+    if default is None or value is None:
+        return
+    if not _same_kind(value, default):
+        raise ParamsError(f"{stem}: parameter {key!r} should be {type(default).__name__} "
+                          f"like its default {default!r}, got {value!r}")
+    if isinstance(default, list) and default:
+        bad = [v for v in value if not _same_kind(v, default[0])]
+        if bad:
+            raise ParamsError(f"{stem}: parameter {key!r} should be a list of {type(default[0]).__name__} "
+                              f"like its default {default!r}; got {bad!r} in it")

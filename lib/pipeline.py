@@ -13,6 +13,7 @@ import argparse
 import datetime as dt
 import html
 import json
+import os
 import shutil
 import sys
 import time
@@ -22,8 +23,9 @@ import lib  # noqa: F401  (offline hub policy)
 from lib.params import effective_params, notebook_parameters
 from lib.paths import DATA, KERNEL_NAME, LIB, NOTEBOOKS, REPORTS, RESULTS, ROOT
 from lib.provenance import git_commit, hash_paths, package_versions, read_manifest, relative, write_json
+from lib.weights import sha256_file
 
-__all__ = ["PhaseError", "stems", "run_phase", "reproduce", "write_index", "render_html"]
+__all__ = ["PhaseError", "stems", "input_hash", "check_values", "run_phase", "reproduce", "write_index", "render_html"]
 
 
 class PhaseError(RuntimeError):
@@ -74,6 +76,51 @@ def check_values(stem: str, params: dict) -> None:
         raise ParamsError(f"params for {stem}: {err}") from err
 
 
+def _parameters_index(nb_path: Path) -> int:
+    import nbformat
+
+    cells = nbformat.read(nb_path, as_version=4).cells
+    return next((i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])), -1)
+
+
+def _recover(final: Path, log) -> None:
+    """Finish or undo a folder swap that a kill interrupted, so complete results are never lost."""
+    partial, old = final.with_name(f"{final.name}.partial"), final.with_name(f"{final.name}.old")
+    if not final.exists() and (partial / "manifest.json").exists():
+        partial.rename(final)  # killed between the two renames: the new results were complete
+        log(f"[reproduce] finished an interrupted swap: {relative(final)}")
+    if not final.exists() and old.exists():
+        old.rename(final)
+        log(f"[reproduce] restored {relative(final)} from an interrupted swap")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _move_aside(final: Path, log, why: str) -> None:
+    aside = final.with_name(f"{final.name}.incomplete-{dt.datetime.now():%Y%m%dT%H%M%S}")
+    final.rename(aside)
+    log(f"[reproduce] {relative(final)} {why}; moved it to {relative(aside)}")
+
+
+def _publish_report(final: Path, report: Path) -> None:
+    """Copy the report kept inside the results folder to ``reports/`` (atomic replace)."""
+    REPORTS.mkdir(exist_ok=True)
+    tmp = report.with_name(report.name + ".tmp")
+    shutil.copyfile(final / "report.html", tmp)
+    tmp.replace(report)
+
+
+def input_hash(stem: str, params: dict, upstream: str) -> str:
+    """What a phase's results depend on: its notebook, params, lib/, data/, the pinned and the
+    installed packages, the device ``auto`` resolves to here, and the phases before it."""
+    from lib.models import resolve_device
+
+    extra = {"params": params, "upstream": upstream, "versions": package_versions(),
+             "device": resolve_device(params["device"]) if "device" in params else None}
+    return hash_paths([NOTEBOOKS / f"{stem}.py", LIB, DATA, ROOT / "requirements.txt",
+                       ROOT / "requirements-lock.txt"],
+                      extra=json.dumps(extra, sort_keys=True, default=str).encode())
+
+
 def run_phase(stem: str, run: str, upstream: str, *, force: bool = False, log=print) -> dict:
     """Run one phase if its inputs changed; return its manifest."""
     import jupytext
@@ -82,20 +129,21 @@ def run_phase(stem: str, run: str, upstream: str, *, force: bool = False, log=pr
 
     params = effective_params(stem, run, overlay_keys_known=_all_keys())
     check_values(stem, params)
-    inputs = hash_paths([NOTEBOOKS / f"{stem}.py", LIB, DATA, ROOT / "requirements.txt"],
-                        extra=json.dumps({"params": params, "upstream": upstream}, sort_keys=True).encode())
+    inputs = input_hash(stem, params, upstream)
     final = RESULTS / stem / run
     report = REPORTS / f"{stem}--{run}.html"
-    if final.exists() and not force:
+    _recover(final, log)
+    if final.exists():
         try:
             old = read_manifest(final)
-            if old.get("inputs_sha256") == inputs and report.exists():
+        except Exception:  # half-written: keep it aside, never delete results silently
+            _move_aside(final, log, "had no manifest (half-written)")
+        else:
+            if old.get("inputs_sha256") == inputs and not force:
+                if not report.exists() or sha256_file(report) != old.get("report_sha256"):
+                    _publish_report(final, report)
                 log(f"[reproduce] {stem} ({run}): up to date, skipped")
                 return old
-        except Exception:  # half-written: keep it aside, never delete results silently
-            aside = final.with_name(f"{run}.incomplete-{dt.datetime.now():%Y%m%dT%H%M%S}")
-            final.rename(aside)
-            log(f"[reproduce] {stem} ({run}): {final} had no manifest; moved it to {aside} and rerunning")
     partial = final.with_name(f"{run}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -105,33 +153,38 @@ def run_phase(stem: str, run: str, upstream: str, *, force: bool = False, log=pr
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     executed = partial / f"{stem}.ipynb"
+    where = (f"The executed notebook is {relative(executed)}; the last complete results "
+             f"({relative(final)}) were left as they were.")
     try:
         pm.execute_notebook(str(nb_in), str(executed), parameters={**params, "output_dir": str(partial)},
                             kernel_name=KERNEL_NAME, language="python", cwd=str(NOTEBOOKS), progress_bar=False,
                             log_output=False)
     except pm.PapermillExecutionError as err:
-        raise PhaseError(
-            f"phase {stem} ({run}) failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
-            f"The executed notebook with the full traceback is {relative(executed)}; "
-            f"the last complete results ({relative(final)}) were left as they were.") from err
+        first_line = ((err.source or "").strip().splitlines() or ["?"])[0]
+        # papermill injects one cell after the parameters cell; count cells as in the .py file
+        number = err.cell_index + 1 - (err.cell_index > _parameters_index(nb_in))
+        raise PhaseError(f"phase {stem} ({run}) failed in cell {number} of notebooks/{stem}.py "
+                         f"(starting {first_line!r}): {err.ename}: {err.evalue}\n{where}") from err
+    except Exception as err:  # kernel died, kernel missing, ...
+        raise PhaseError(f"phase {stem} ({run}) could not run: {type(err).__name__}: {err}\n{where}") from err
     nb_in.unlink()
-    REPORTS.mkdir(exist_ok=True)
     summary = json.loads((partial / "summary.json").read_text()) if (partial / "summary.json").exists() else {}
-    render_html(executed, report, title=f"{stem} ({run})")
+    render_html(executed, partial / "report.html", title=f"{stem} ({run})")
     wall = time.perf_counter() - t0
     manifest = {
         "stem": stem, "run": run, "params": params, "inputs_sha256": inputs, "upstream_sha256": upstream,
         "git": git_commit(), "versions": package_versions(), "started": started.isoformat(timespec="seconds"),
         "wall_s": round(wall, 2), "report": str(relative(report)),
+        "report_sha256": sha256_file(partial / "report.html"),
         "summary": summary.get("summary", ""), "models": summary.get("models", []),
     }
-    write_json(partial / "manifest.json", manifest)
+    write_json(partial / "manifest.json", manifest)  # last: only now is the folder complete
     old = final.with_name(f"{run}.old")
-    shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
     partial.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+    _publish_report(final, report)
     log(f"[reproduce] {stem} ({run}): done in {wall:.1f} s -> {relative(report)}")
     return manifest
 
@@ -166,8 +219,11 @@ th{{background:#f5f5f5}}code{{font-size:.9em}}</style></head><body>
     return target
 
 
-def reproduce(run: str = "default", only: list[str] | None = None, force: bool = False) -> None:
+def reproduce(run: str = "default", only: list[str] | None = None, force: bool = False,
+              check_only: bool = False) -> None:
     """Run every phase (or ``only`` those) for ``run``, in order, then write the index."""
+    # The kernel imports this checkout's lib, whatever venv .pth file another checkout left.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     all_stems = stems()
     unknown = sorted(set(only or []) - set(all_stems))
     if unknown:
@@ -176,6 +232,9 @@ def reproduce(run: str = "default", only: list[str] | None = None, force: bool =
     for stem in all_stems:  # every params file and shared value is checked before anything runs
         if not only or stem in only:
             check_values(stem, effective_params(stem, run, overlay_keys_known=keys))
+    if check_only:
+        print(f"[reproduce] params for run {run!r} are valid")
+        return
     upstream = ""
     t0 = time.perf_counter()
     for stem in all_stems:
@@ -193,11 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default="default", help="params overlay: default, or NAME for params/NAME.yaml")
     parser.add_argument("--only", nargs="*", help="phase stems to run (default: all)")
     parser.add_argument("--force", action="store_true", help="rerun even if up to date")
+    parser.add_argument("--check", action="store_true", help="only validate params and exit")
     args = parser.parse_args(argv)
     from lib.params import ParamsError
 
     try:
-        reproduce(args.run, args.only, args.force)
+        reproduce(args.run, args.only, args.force, check_only=args.check)
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -29,7 +29,9 @@ def git_commit() -> dict:
     head = run("rev-parse", "HEAD")
     if head.returncode != 0:
         return {"commit": None, "dirty": None}
-    dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+    # Untracked files count where they can change results; ignored ones (results, .venv) do not.
+    dirty = run("status", "--porcelain", "--", "lib", "notebooks", "params", "data", "requirements.txt",
+                "requirements-lock.txt", "Makefile").stdout.strip() != ""
     return {"commit": head.stdout.strip(), "dirty": dirty}
 
 
@@ -50,7 +52,8 @@ def hash_paths(paths: list[Path], extra: bytes = b"") -> str:
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files.extend(f for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+            files.extend(f for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts
+                         and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.exists():
             files.append(p)
     for f in sorted(set(files)):

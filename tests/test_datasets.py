@@ -22,11 +22,13 @@ def test_authored_profiles_have_the_promised_counts():
     assert {normalize(t) for t in base["text"]}.isdisjoint({normalize(t) for t in ext["text"]})
 
 
-def test_every_authored_span_is_a_phrase_of_its_text():
+def test_every_authored_span_is_whole_words_of_its_text():
     df = load_profiles(["baseline", "extended"])
     spans = df.apply(span_text, axis=1)
-    assert spans.str.strip().str.len().gt(0).all()
-    assert all(s in t for s, t in zip(spans, df["text"]))
+    assert (spans == spans.str.strip()).all() and spans.str.len().gt(0).all()
+    for text, s, e in zip(df["text"], df["span_start"], df["span_end"]):
+        assert s == 0 or not text[s - 1].isalnum(), f"span cuts a word at its start: {text!r} [{s}:{e}]"
+        assert e == len(text) or not text[e].isalnum(), f"span cuts a word at its end: {text!r} [{s}:{e}]"
 
 
 def test_goemotions_counts_match_the_dataset_readme():

@@ -74,8 +74,27 @@ def test_identity_fields(tiny):
     assert ident["d_model"] == 64 and ident["d_head"] == 16
     assert ident["weights_sha256"] == state_dict_sha256(build_tiny_model(tiny.name, seed=0))
     assert ident["weights_sha256"] != state_dict_sha256(build_tiny_model(tiny.name, seed=1))
-    assert ident["supports_attn_result"] == (tiny.name != "tiny-gpt-neo")
     assert ident["has_resid_mid"] == (tiny.name != "tiny-pythia")
+
+
+def test_attn_result_quirk_matches_the_bridge(tiny, texts):
+    """supports_attn_result is what set_use_attn_result actually does, and results sum to z @ W_O."""
+    enc = tiny.encode(texts)
+    if not tiny.quirks["supports_attn_result"]:
+        with pytest.raises(NotImplementedError):
+            tiny.bridge.set_use_attn_result(True)
+        return
+    tiny.bridge.set_use_attn_result(True)
+    try:
+        with torch.inference_mode():
+            _, cache = tiny.bridge.run_with_cache(enc.input_ids, attention_mask=enc.attention_mask,
+                                                  names_filter=["blocks.0.attn.hook_result", "blocks.0.attn.hook_z"])
+    finally:
+        tiny.bridge.set_use_attn_result(False)
+    result = cache["blocks.0.attn.hook_result"]  # [batch, pos, head, d_model]
+    with torch.inference_mode():
+        by_hand = torch.einsum("bphd,hdm->bphm", cache["blocks.0.attn.hook_z"], tiny.bridge.blocks[0].attn.W_O.detach())
+    assert (result - by_hand).abs().max() < 1e-5
 
 
 def test_hook_names_follow_quirks(tiny):
@@ -84,7 +103,7 @@ def test_hook_names_follow_quirks(tiny):
     assert ("blocks.0.hook_resid_mid" in hooks) == tiny.quirks["has_resid_mid"]
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma3"])
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-pythia", "tiny-gpt-neo", "tiny-llama", "tiny-gemma3"])
 def test_greedy_continuation_matches_hugging_face_generate(name):
     lm = load_model(name, device="cpu")
     ref = reference_hf_model(lm)

@@ -46,6 +46,8 @@ def test_defaults_then_file_then_overlay(fake):
     ("seed: three\n", r"parameter 'seed' should be int like its default 0, got 'three'"),
     ("- a\n- b\n", r"expected a mapping"),
     ("seed: [1\n", r"not valid YAML"),
+    ("rate: true\n", r"parameter 'rate' should be float like its default 0.5, got True"),
+    ("models: [1]\n", r"parameter 'models' should be a list of str like its default \['tiny-gpt2'\]; got \[1\] in it"),
 ])
 def test_bad_params_files(fake, text, message):
     (fake / "00_x.yaml").write_text(text)
@@ -57,6 +59,9 @@ def test_unknown_run_and_overlay_key(fake):
     (fake / "00_x.yaml").write_text("seed: 1\n")
     with pytest.raises(P.ParamsError, match=r"no overlay .*nope.yaml for run 'nope'"):
         P.effective_params("00_x", "nope")
+    (fake / "wide.yaml").write_text("output_dir: /etc\n")
+    with pytest.raises(P.ParamsError, match=r"\['output_dir'\] are set by the pipeline"):
+        P.effective_params("00_x", "wide")
     (fake / "wide.yaml").write_text("modles: [a]\n")
     with pytest.raises(P.ParamsError, match=r"unknown key\(s\) \['modles'\]"):
         P.effective_params("00_x", "wide")

@@ -65,7 +65,7 @@ def test_runs_then_skips_then_reruns_on_param_change(project):
 def test_failed_run_keeps_previous_results(project):
     _run([])
     (project / "params" / "00_t.yaml").write_text("x: 5\nfail: true\n")
-    with pytest.raises(PL.PhaseError, match=r"phase 00_t \(default\) failed in cell \d+: AssertionError: asked to fail"):
+    with pytest.raises(PL.PhaseError, match=r"phase 00_t \(default\) failed in cell 3 of notebooks/00_t.py \(starting .from pathlib import Path.\): AssertionError: asked to fail"):
         _run([])
     out = project / "results" / "00_t" / "default"
     assert (out / "x.txt").read_text() == "1" and (out / "manifest.json").exists()
@@ -98,3 +98,37 @@ def test_shared_values_are_checked_before_running():
         PL.check_values("01_dataset", {"profiles": ["goemotion"]})
     with pytest.raises(ParamsError, match=r"dtype 'fp16' is not one of"):
         PL.check_values("00_models", {"dtype": "fp16"})
+
+
+def test_interrupted_swaps_are_recovered(project):
+    first = _run([])
+    out = project / "results" / "00_t"
+    # killed after moving the old results aside, before the new ones were moved in
+    (out / "default").rename(out / "default.old")
+    logs = []
+    assert _run(logs)["started"] == first["started"]  # restored, and still up to date
+    assert any("restored" in line for line in logs)
+    # killed right after the new folder got its manifest, before the rename
+    (out / "default").rename(out / "default.partial")
+    logs = []
+    assert _run(logs)["started"] == first["started"]
+    assert any("finished an interrupted swap" in line for line in logs)
+    assert not (out / "default.partial").exists() and not (out / "default.old").exists()
+
+
+def test_a_lost_or_stale_report_is_republished_from_results(project):
+    _run([])
+    report = project / "reports" / "00_t--default.html"
+    report.write_text("stale")
+    logs = []
+    _run(logs)
+    assert "up to date" in logs[-1] and "VALUE 1000" in report.read_text()
+
+
+def test_force_reruns_without_losing_the_previous_results(project):
+    first = _run([])
+    (project / "params" / "00_t.yaml").write_text("x: 1\nfail: true\n")
+    with pytest.raises(PL.PhaseError):
+        PL.run_phase("00_t", "default", "", force=True, log=[].append)
+    manifest = json.loads((project / "results" / "00_t" / "default" / "manifest.json").read_text())
+    assert manifest["started"] == first["started"]

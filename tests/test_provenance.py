@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from lib.paths import ROOT
 from lib.provenance import IncompleteResultsError, hash_paths, read_manifest, write_json
 
 
@@ -20,20 +19,17 @@ def test_half_written_folder_is_refused(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_hash_changes_with_content_and_extra(tmp_path):
-    folder = ROOT / "results" / "_hash_test"
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        (folder / "a.txt").write_text("one")
-        h1 = hash_paths([folder])
-        assert hash_paths([folder]) == h1
-        assert hash_paths([folder], extra=b"params") != h1
-        (folder / "a.txt").write_text("two")
-        assert hash_paths([folder]) != h1
-    finally:
-        for f in folder.iterdir():
-            f.unlink()
-        folder.rmdir()
+def test_hash_changes_with_content_and_extra_but_not_hidden_files(tmp_path):
+    (tmp_path / "a.txt").write_text("one")
+    h1 = hash_paths([tmp_path])
+    assert hash_paths([tmp_path]) == h1
+    assert hash_paths([tmp_path], extra=b"params") != h1
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("x")
+    (tmp_path / ".DS_Store").write_text("x")
+    assert hash_paths([tmp_path]) == h1
+    (tmp_path / "a.txt").write_text("two")
+    assert hash_paths([tmp_path]) != h1
 
 
 def test_write_json_round_trip(tmp_path):

