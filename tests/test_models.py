@@ -137,3 +137,34 @@ def test_bad_device_and_dtype():
         resolve_dtype("float64")
     with pytest.raises(ValueError, match="non-empty list"):
         load_encoder("tiny-gpt2").encode("a single string")
+
+
+def test_a_hub_id_loads_offline_from_the_local_cache(tmp_path):
+    """The hub path (from_pretrained + boot_transformers by id) on a hand-built HF cache, offline.
+
+    Runs in a subprocess: huggingface_hub reads HF_HUB_CACHE when first imported.
+    """
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import pathlib
+import lib
+from lib.tiny import build_tiny_model, build_tiny_tokenizer
+snap = pathlib.Path({str(tmp_path)!r}) / "models--acme--tiny-gpt2" / "snapshots" / ("0" * 40)
+snap.mkdir(parents=True)
+build_tiny_model("tiny-gpt2").save_pretrained(snap)
+build_tiny_tokenizer().save_pretrained(snap)
+(snap.parent.parent / "refs").mkdir()
+(snap.parent.parent / "refs" / "main").write_text("0" * 40)
+from lib.models import load_model, state_dict_sha256
+from lib.parity import logit_parity
+lm = load_model("acme/tiny-gpt2", device="cpu")
+assert lm.spec.kind == "hub" and lm.weights_sha256 == state_dict_sha256(build_tiny_model("tiny-gpt2"))
+print("PARITY", logit_parity(lm, ["Thank you", "Sorry about that, truly."]))
+"""
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.split("PARITY")[1]) < 1e-4
