@@ -65,9 +65,11 @@ def check_values(stem: str, params: dict) -> None:
     try:
         for name in params.get("models", []):
             check_available(resolve_spec(name))
-        for profile in params.get("profiles", []):
-            if profile not in PROFILES:
-                raise ValueError(f"unknown profile {profile!r}; valid: {list(PROFILES)}")
+        for spec in params.get("profiles", []):
+            profile, _, split = spec.partition(":")
+            if profile not in PROFILES or (split and (profile != "goemotions" or split not in ("train", "dev"))):
+                raise ValueError(f"unknown profile {spec!r}; valid: {list(PROFILES)}, or goemotions:train / "
+                                 f"goemotions:dev")
         if "device" in params:
             resolve_device(params["device"])
         if "dtype" in params:
@@ -139,7 +141,10 @@ def run_phase(stem: str, run: str, upstream: str, *, force: bool = False, log=pr
         except Exception:  # half-written: keep it aside, never delete results silently
             _move_aside(final, log, "had no manifest (half-written)")
         else:
-            if old.get("inputs_sha256") == inputs and not force:
+            external_ok = all((ROOT / p / "manifest.json").exists() for p in old.get("external_outputs", []))
+            if old.get("inputs_sha256") == inputs and not force and not external_ok:
+                log(f"[reproduce] {stem} ({run}): an output outside its folder is missing or unfinished; rerunning")
+            if old.get("inputs_sha256") == inputs and not force and external_ok:
                 if not report.exists() or sha256_file(report) != old.get("report_sha256"):
                     _publish_report(final, report)
                 log(f"[reproduce] {stem} ({run}): up to date, skipped")
@@ -177,6 +182,8 @@ def run_phase(stem: str, run: str, upstream: str, *, force: bool = False, log=pr
         "wall_s": round(wall, 2), "report": str(relative(report)),
         "report_sha256": sha256_file(partial / "report.html"),
         "summary": summary.get("summary", ""), "models": summary.get("models", []),
+        # folders a phase writes outside its run folder (activation stores); each must stay finished
+        "external_outputs": summary.get("external_outputs", []),
     }
     write_json(partial / "manifest.json", manifest)  # last: only now is the folder complete
     old = final.with_name(f"{run}.old")

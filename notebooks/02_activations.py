@@ -1,0 +1,130 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (emotion-circuits)
+#     language: python
+#     name: emotion-circuits
+# ---
+
+# %% [markdown]
+# # 02 Activations
+#
+# **Question.** What do the models compute on the emotion datasets, layer by layer, and can later
+# phases read any slice of it (one hook, one layer, one emotion, a row range) without loading the
+# rest?
+#
+# **Inputs.** Model names and dataset profiles from params; hook sites by their full
+# TransformerLens names (default: `hook_resid_pre`, `hook_resid_post`, `hook_mlp_out`,
+# `hook_attn_out` of every layer; `attn.hook_z` per head on request).
+#
+# **Outputs.** One zarr store per model and profile under `stores_dir` (every real token, plus
+# sentence-end, mean and emotion-span reductions; float16 with a per-row power-of-two scale by
+# default), `stores.json` (where they are), `stores.csv` (shapes, bytes, time, throughput).
+# Stores are written batch by batch while extraction runs; a killed run resumes at the first
+# unwritten batch.
+
+# %% tags=["parameters"]
+models = ["tiny-gpt2", "tiny-llama"]
+profiles = ["baseline"]
+hooks = []
+layers = None
+per_head = False
+batch_size = 32
+dtype = "float16"
+device = "auto"
+max_per_emotion = 20
+emotions = None
+store_tokens = True
+seed = 0
+stores_dir = ""
+output_dir = ""
+
+# %%
+import json
+
+import pandas as pd
+import plotly.express as px
+from IPython.display import Markdown, display
+
+from lib.activations import extract_all, norm_profile, pca_panels, resolve_stores_dir, store_table
+from lib.extract import ExtractConfig
+from lib.plots import EMOTION_COLORS, setup_plotly
+from lib.provenance import relative, save_summary
+from lib.results import prepare_output_dir, provenance_markdown
+from lib.store import open_store
+
+setup_plotly()
+out = prepare_output_dir(output_dir)
+config = ExtractConfig(hooks=tuple(hooks), layers=tuple(layers) if layers else None, per_head=per_head,
+                       batch_size=batch_size, dtype=dtype, store_tokens=store_tokens)
+stores_root = resolve_stores_dir(stores_dir, out)
+
+# %% [markdown]
+# ## Extraction
+# Hook names and layers are checked against each model before any work. Rows are sorted by
+# length and cut into batches of `batch_size`; each batch is one chunk of every array. A store
+# that is already complete with the same settings (model weights, dataset, hooks, dtype) is
+# reused as it is.
+
+# %%
+paths = extract_all(models, profiles, config, stores_root, device=device, max_per_emotion=max_per_emotion,
+                    emotions=emotions, seed=seed)
+table = store_table(paths)
+table.drop(columns=["path"])
+
+# %% [markdown]
+# Throughput counts only the batches computed in this run (a reused store shows the figures of
+# the run that made it). `fp16_worst_rel_err` is the largest relative error
+# ||stored - exact|| / ||exact|| over the real token vectors of every eighth batch.
+
+# %% [markdown]
+# ## Residual norm by layer
+# Mean L2 norm of the sentence-end `hook_resid_post` per layer and emotion. Emotions that
+# differ here could be told apart by norm alone; later phases normalise or control for it.
+
+# %%
+stores = {(m, p): open_store(path) for m, by_p in paths.items() for p, path in by_p.items()}
+norms = pd.concat([norm_profile(s).assign(model=m, profile=p) for (m, p), s in stores.items()], ignore_index=True)
+px.line(norms, x="layer", y="norm", color="emotion", facet_col="model", facet_row="profile", markers=True,
+        color_discrete_map=EMOTION_COLORS, title="Sentence-end residual norm by layer",
+        height=300 * norms["profile"].nunique()).update_yaxes(matches=None).show()
+
+# %% [markdown]
+# ## Two principal components at an early, a middle and a late layer
+# Sentence-end `hook_resid_post` of the first profile, centred, projected on its top two
+# principal axes (the share of variance each explains is in the facet title).
+
+# %%
+pcs = pd.concat([pca_panels(s).assign(model=m) for (m, p), s in stores.items() if p == profiles[0]],
+                ignore_index=True)
+px.scatter(pcs, x="PC1", y="PC2", color="emotion", facet_col="layer", facet_row="model", hover_data=["text"],
+           color_discrete_map=EMOTION_COLORS, opacity=0.7, title=f"PCA of sentence-end resid_post ({profiles[0]})",
+           height=320 * len(models)).update_xaxes(matches=None).update_yaxes(matches=None).show()
+
+# %% [markdown]
+# ## Save
+
+# %%
+table.to_csv(out / "stores.csv", index=False)
+(out / "stores.json").write_text(json.dumps(
+    {m: {p: str(relative(path)) for p, path in by_p.items()} for m, by_p in paths.items()}, indent=2))
+summary = (f"{len(table)} stores ({', '.join(models)} x {', '.join(profiles)}), {table['MB'].sum():.0f} MB; "
+           + ", ".join(f"{r.model}/{r.profile} {r.tokens_per_s:.0f} tok/s" for r in table.itertuples()))
+save_summary(out, summary=summary, models=[s.manifest["identity"] for (m, p), s in stores.items() if p == profiles[0]],
+             external_outputs=[str(relative(path)) for by_p in paths.values() for path in by_p.values()])
+display(Markdown(f"**Summary.** {summary}"))
+display(Markdown(provenance_markdown()))
+
+# %%
+assert all((path / "manifest.json").exists() for by_p in paths.values() for path in by_p.values())
+assert (table["rows"] > 0).all()
+if dtype == "float16" and store_tokens:
+    assert (table["fp16_worst_rel_err"] < 1e-2).all(), table
