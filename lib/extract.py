@@ -262,6 +262,11 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
     lengths = enc_all.lengths.numpy()
     order = np.argsort(lengths, kind="stable")
     width = int(lengths.max())
+    n_ctx = getattr(lm.cfg, "n_ctx", None)
+    if n_ctx and width > n_ctx:
+        longest = int(lengths.argmax())
+        raise ValueError(f"row {df['id'].iloc[longest]!r} has {width} tokens, more than {lm.name}'s context of "
+                         f"{n_ctx}; drop or shorten such rows")
     n_rows = len(df)
     batches = [order[i:i + config.batch_size] for i in range(0, n_rows, config.batch_size)]
     identity = lm.identity()

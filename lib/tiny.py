@@ -64,22 +64,22 @@ def _configs():
 
     common = dict(vocab_size=512, bos_token_id=0, eos_token_id=0, pad_token_id=1)
     return {
-        "tiny-gpt2": GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128,
+        "tiny-gpt2": GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=512,
                                 initializer_range=0.1, **common),
         "tiny-pythia": GPTNeoXConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=256, rotary_pct=0.25,
-                                     max_position_embeddings=128, use_parallel_residual=True,
+                                     max_position_embeddings=512, use_parallel_residual=True,
                                      initializer_range=0.1, **common),
         "tiny-gpt-neo": GPTNeoConfig(hidden_size=64, num_layers=2, num_heads=4,
                                      attention_types=[[["global", "local"], 1]], window_size=8,
-                                     max_position_embeddings=128, initializer_range=0.1, **common),
+                                     max_position_embeddings=512, initializer_range=0.1, **common),
         "tiny-llama": LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=128, initializer_range=0.1, **common),
+                                  max_position_embeddings=512, initializer_range=0.1, **common),
         "tiny-gemma3": Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=1, head_dim=16,
                                         sliding_window=8, layer_types=["sliding_attention", "full_attention"],
-                                        max_position_embeddings=128, initializer_range=0.1, **common),
+                                        max_position_embeddings=512, initializer_range=0.1, **common),
     }
 
 
