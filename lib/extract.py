@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -326,7 +327,7 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
     worst_rel = 0.0
     t0 = time.perf_counter()
     bar = tqdm(total=len(batches), initial=start, desc=f"{lm.name} {out.name}", unit="batch",
-               disable=not progress, file=sys.stderr)
+               disable=not progress or os.environ.get("EMOTION_NO_PROGRESS") == "1", file=sys.stderr)
     writer = _Writer(group, progress_path, settings_sha, on_done=lambda: bar.update(1))
     try:
         with torch.inference_mode():

@@ -231,6 +231,7 @@ def reproduce(run: str = "default", only: list[str] | None = None, force: bool =
     """Run every phase (or ``only`` those) for ``run``, in order, then write the index."""
     # The kernel imports this checkout's lib, whatever venv .pth file another checkout left.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    os.environ["EMOTION_NO_PROGRESS"] = "1"  # progress bars belong in terminals and JupyterLab, not in reports
     all_stems = stems()
     unknown = sorted(set(only or []) - set(all_stems))
     if unknown:

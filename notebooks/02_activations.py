@@ -45,6 +45,8 @@ emotions = None
 store_tokens = True
 seed = 0
 stores_dir = ""
+mlflow = False
+mlflow_dir = "mlruns"
 output_dir = ""
 
 # %%
@@ -60,6 +62,7 @@ from lib.plots import EMOTION_COLORS, setup_plotly
 from lib.provenance import relative, save_summary
 from lib.results import prepare_output_dir, provenance_markdown
 from lib.store import open_store
+from lib.tracking import log_stores_to_mlflow
 
 setup_plotly()
 out = prepare_output_dir(output_dir)
@@ -111,6 +114,8 @@ px.scatter(pcs, x="PC1", y="PC2", color="emotion", facet_col="layer", facet_row=
 
 # %% [markdown]
 # ## Save
+# With `mlflow: true`, each store's settings and figures are also logged as one MLflow run to the
+# local file store `mlflow_dir` (browse with `mlflow ui --backend-store-uri mlruns`).
 
 # %%
 table.to_csv(out / "stores.csv", index=False)
@@ -120,6 +125,8 @@ summary = (f"{len(table)} stores ({', '.join(models)} x {', '.join(profiles)}), 
            + ", ".join(f"{r.model}/{r.profile} {r.tokens_per_s:.0f} tok/s" for r in table.itertuples()))
 save_summary(out, summary=summary, models=[s.manifest["identity"] for (m, p), s in stores.items() if p == profiles[0]],
              external_outputs=[str(relative(path)) for by_p in paths.values() for path in by_p.values()])
+if mlflow:
+    log_stores_to_mlflow({key: s.manifest for key, s in stores.items()}, mlflow_dir)
 display(Markdown(f"**Summary.** {summary}"))
 display(Markdown(provenance_markdown()))
 
