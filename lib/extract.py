@@ -53,14 +53,20 @@ def default_hook_names(n_layers: int, layers=None, sites=DEFAULT_SITES, per_head
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """What to extract. ``hooks`` empty means the default sites at ``layers`` (None: all)."""
+    """What to extract. ``hooks`` empty means the default sites at ``layers`` (None: all).
+
+    Every site gets the sentence-end, mean and span reductions; the sites in ``token_sites``
+    also keep every token (the residual stream by default: per-token MLP and attention outputs
+    of every layer triple the store and are rarely needed; ask with ``("*",)``).
+    """
 
     hooks: tuple[str, ...] = ()
     layers: tuple[int, ...] | None = None
     per_head: bool = False
     batch_size: int = 32
     dtype: str = "float16"
-    store_tokens: bool = True
+    # sites whose every token is stored (reductions are stored for all); ("*",) = every site
+    token_sites: tuple[str, ...] = ("hook_resid_pre", "hook_resid_post")
     reductions: tuple[str, ...] = REDUCTIONS
 
     def __post_init__(self):
@@ -229,6 +235,10 @@ class _Writer:
             raise self.error
 
 
+def _keeps_tokens(site: str, config: ExtractConfig) -> bool:
+    return "*" in config.token_sites or site in config.token_sites
+
+
 def _sites(stored: list[str]) -> dict[str, list[int]]:
     """Stored hooks grouped by site (the name inside the block) -> layers, in order."""
     sites: dict[str, list[int]] = {}
@@ -252,7 +262,7 @@ def _create_arrays(group, sites, shapes, n_rows, width, config):
         for red in config.reductions:
             group.create_array(f"{red}/{site}", shape=(n_rows, n, *shape), chunks=(b, n, *shape),
                                dtype=np_dtype, compressors=comp, fill_value=0)
-        if config.store_tokens:
+        if _keeps_tokens(site, config):
             group.create_array(f"tokens/{site}", shape=(n_rows, n, width, *shape), chunks=(b, 1, width, *shape),
                                dtype=np_dtype, compressors=comp, fill_value=0)
 
@@ -335,7 +345,8 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
         _run_batch(lm, texts, df, batches[0][:1], hooks, sink)  # shapes from one row
         shapes = {site: tuple(sink[site].shape[3:]) for site in sites}
         group.attrs.update({**settings, "sites": sites, "shapes": {k: list(v) for k, v in shapes.items()},
-                            "reductions": list(config.reductions), "store_tokens": config.store_tokens,
+                            "reductions": list(config.reductions),
+                            "token_sites": [site for site in sites if _keeps_tokens(site, config)],
                             "dtype": config.dtype, "settings_sha256": settings_sha})
         _create_arrays(group, sites, shapes, n_rows, width, config)
         write_json(progress_path, {"settings_sha256": settings_sha, "batches_done": 0})
@@ -356,14 +367,16 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
                     act = sink.pop(site)  # [b, layers, pos, *shape]; padding zeroed so it never leaks
                     for row, n in enumerate(enc.lengths.tolist()):
                         act[row, :, n:] = 0
-                    if f16:
-                        stored_tokens, exp = _encode_f16(act)
+                    keep_tokens = _keeps_tokens(site, config)
+                    reds = _reduce(act, mask, last, span)
+                    if f16:  # the exponent comes from what is stored: every token, or only the reductions
+                        basis = act if keep_tokens else torch.cat([r.nan_to_num(0.0) for r in reds.values()], -1)
+                        stored_tokens, exp = _encode_f16(basis)
                         writes.append((f"scale/{site}", np.s_[lo:hi], exp.numpy()))
                     else:
                         stored_tokens, exp = act.numpy(), None
-                    reds = _reduce(act, mask, last, span)
                     writes += [(f"{red}/{site}", np.s_[lo:hi], _to_store(reds[red], exp)) for red in config.reductions]
-                    if config.store_tokens:
+                    if keep_tokens:
                         writes.append((f"tokens/{site}", np.s_[lo:hi, :, :w], stored_tokens))
                         if f16 and b % 8 == 0:  # float16 error, measured on every 8th batch
                             worst_rel = max(worst_rel, _relative_error(stored_tokens, exp, act))
@@ -381,7 +394,7 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
         "wall_s": round(wall, 3), "rows_this_run": done_rows,
         "samples_per_s": round(done_rows / wall, 2) if wall > 0 else None,
         "tokens_per_s": round(done_tokens / wall, 2) if wall > 0 else None,
-        "float16_worst_relative_error": worst_rel if f16 and config.store_tokens else None,
+        "float16_worst_relative_error": worst_rel if f16 and any(_keeps_tokens(s, config) for s in sites) else None,
         "resumed_at_batch": start,
     }
     write_json(out / "manifest.json", manifest)
@@ -420,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-per-emotion", type=int, default=None)
     p.add_argument("--emotions", nargs="*", default=None)
-    p.add_argument("--no-tokens", action="store_true", help="store only the reductions")
+    p.add_argument("--token-sites", nargs="*", default=["hook_resid_pre", "hook_resid_post"],
+                   help="sites whose every token is stored ('*' for all; none: only reductions)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     profile, _, split = a.profile.partition(":")
@@ -430,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         lm = load_model(a.model, device=a.device)
         cfg = ExtractConfig(hooks=tuple(a.hooks), layers=tuple(a.layers) if a.layers else None,
                             per_head=a.per_head, batch_size=a.batch_size, dtype=a.dtype,
-                            store_tokens=not a.no_tokens)
+                            token_sites=tuple(a.token_sites))
         manifest = extract(lm, df, a.out, cfg)
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -79,7 +79,7 @@ class ActivationStore:
 
     @property
     def reductions(self) -> list[str]:
-        return list(self.attrs["reductions"]) + (["tokens"] if self.attrs["store_tokens"] else [])
+        return list(self.attrs["reductions"]) + (["tokens"] if self.attrs["token_sites"] else [])
 
     def _resolve(self, hook: str) -> tuple[str, int]:
         """(site, index on the layer axis) of a hook name, following aliases."""
@@ -143,8 +143,10 @@ class ActivationStore:
 
         Padding positions hold zeros and are False in the mask; trimmed to the longest asked row.
         """
-        if not self.attrs["store_tokens"]:
-            raise StoreError(f"store {relative(self.path)} was written without per-token activations")
+        site, _ = self._resolve(hook)
+        if site not in self.attrs["token_sites"]:
+            raise StoreError(f"{relative(self.path)} keeps every token only for sites {self.attrs['token_sites']}, "
+                             f"not {site!r}; extract with token_sites including it (or '*')")
         idx = self._rows(rows, emotion)
         lengths = np.asarray(self._group["lengths"].get_orthogonal_selection((idx,)))
         width = int(lengths.max()) if idx.size else 0

@@ -29,7 +29,7 @@ def log_stores_to_mlflow(manifests: dict[tuple[str, str], dict], tracking_dir: s
             mlflow.log_params({
                 "model": model, "profile": profile, "weights_sha256": m["weights_sha256"],
                 "dataset_sha256": m["dataset_sha256"], "n_hooks": len(m["hooks"]), "dtype": cfg["dtype"],
-                "batch_size": cfg["batch_size"], "store_tokens": cfg["store_tokens"], "per_head": cfg["per_head"],
+                "batch_size": cfg["batch_size"], "token_sites": ",".join(cfg["token_sites"]), "per_head": cfg["per_head"],
             })
             mlflow.log_metrics({
                 "rows": m["n_rows"], "tokens": m["n_tokens"], "bytes": m["bytes"], "wall_s": m["wall_s"],

@@ -25,9 +25,9 @@
 # TransformerLens names (default: `hook_resid_pre`, `hook_resid_post`, `hook_mlp_out`,
 # `hook_attn_out` of every layer; `attn.hook_z` per head on request).
 #
-# **Outputs.** One zarr store per model and profile under `stores_dir` (every real token, plus
-# sentence-end, mean and emotion-span reductions; float16 with a per-row power-of-two scale by
-# default), `stores.json` (where they are), `stores.csv` (shapes, bytes, time, throughput).
+# **Outputs.** One zarr store per model and profile under `stores_dir` (sentence-end, mean and
+# emotion-span reductions of every hook; every real token of the `token_sites`, the residual
+# stream by default; float16 with a per-row power-of-two scale by default), `stores.json` (where they are), `stores.csv` (shapes, bytes, time, throughput).
 # Stores are written batch by batch while extraction runs; a killed run resumes at the first
 # unwritten batch.
 
@@ -42,7 +42,7 @@ dtype = "float16"
 device = "auto"
 max_per_emotion = 20
 emotions = None
-store_tokens = True
+token_sites = ["hook_resid_pre", "hook_resid_post"]
 seed = 0
 stores_dir = ""
 mlflow = False
@@ -67,7 +67,7 @@ from lib.tracking import log_stores_to_mlflow
 setup_plotly()
 out = prepare_output_dir(output_dir)
 config = ExtractConfig(hooks=tuple(hooks), layers=tuple(layers) if layers else None, per_head=per_head,
-                       batch_size=batch_size, dtype=dtype, store_tokens=store_tokens)
+                       batch_size=batch_size, dtype=dtype, token_sites=tuple(token_sites))
 stores_root = resolve_stores_dir(stores_dir, out)
 
 # %% [markdown]
@@ -133,5 +133,5 @@ display(Markdown(provenance_markdown()))
 # %%
 assert all((path / "manifest.json").exists() for by_p in paths.values() for path in by_p.values())
 assert (table["rows"] > 0).all()
-if dtype == "float16" and store_tokens:
+if dtype == "float16" and token_sites:
     assert (table["fp16_worst_rel_err"] < 1e-2).all(), table

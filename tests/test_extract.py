@@ -57,7 +57,7 @@ def test_store_matches_hugging_face_and_hand_reductions(tiny, rows, tmp_path):
 
 
 def test_batched_equals_one_prompt_at_a_time(tiny, rows, tmp_path):
-    cfg = dict(dtype="float32", per_head=True)
+    cfg = dict(dtype="float32", per_head=True, token_sites=("*",))
     extract(tiny, rows, tmp_path / "b", ExtractConfig(batch_size=6, **cfg), progress=False)
     extract(tiny, rows, tmp_path / "one", ExtractConfig(batch_size=1, **cfg), progress=False)
     a, b = open_store(tmp_path / "b"), open_store(tmp_path / "one")
@@ -101,7 +101,7 @@ def test_float16_store_close_to_float32(rows, tmp_path):
 
 def test_lazy_reads_touch_only_their_chunks(rows, tmp_path):
     lm = load_model("tiny-gpt2", device="cpu")
-    extract(lm, rows, tmp_path / "s", ExtractConfig(batch_size=4), progress=False)
+    extract(lm, rows, tmp_path / "s", ExtractConfig(batch_size=4, token_sites=("*",)), progress=False)
     store = open_store(tmp_path / "s")
     full = store.get("blocks.1.hook_mlp_out", "sentence_end")
     anger = store.get("blocks.1.hook_mlp_out", "sentence_end", emotion="anger")
@@ -166,9 +166,24 @@ def test_bad_inputs(rows, tmp_path):
     store = open_store(tmp_path / "s")
     with pytest.raises(StoreError, match=r"'blocks.0.hook_resid_post' is not in the store"):
         store.get("blocks.0.hook_resid_post")
+    with pytest.raises(StoreError, match=r"keeps every token only for sites \['hook_resid_pre', 'hook_resid_post'\], not 'hook_mlp_out'"):
+        store.tokens("blocks.1.hook_mlp_out")
     with pytest.raises(StoreError, match=r"emotion filter \['joy'\] not in this store's emotions"):
         store.get("blocks.1.hook_resid_post", emotion="joy")
     chunk = next((tmp_path / "s" / "sentence_end" / "hook_resid_post").rglob("c/*/*/*"))
     chunk.write_bytes(b"garbage" * 10)
     with pytest.raises(StoreError, match="corrupted or truncated; delete the store and extract again"):
         open_store(tmp_path / "s").get("blocks.1.hook_resid_post")
+
+
+def test_reduction_only_sites_are_scaled_from_their_reductions(tmp_path, rows):
+    """A site without per-token storage still survives values beyond float16 (exponent from reductions)."""
+    lm = load_model("tiny-llama", device="cpu")
+    with torch.no_grad():
+        lm.bridge.original_model.model.embed_tokens.weight.mul_(1e6)  # residual far beyond 65504
+    extract(lm, rows, tmp_path / "16", ExtractConfig(token_sites=()), progress=False)
+    extract(lm, rows, tmp_path / "32", ExtractConfig(token_sites=(), dtype="float32"), progress=False)
+    a, b = open_store(tmp_path / "16"), open_store(tmp_path / "32")
+    x, y = a.get("blocks.0.hook_resid_post", "mean"), b.get("blocks.0.hook_resid_post", "mean")
+    assert np.abs(y).max() > 65504 and np.isfinite(x).all()
+    assert (np.linalg.norm(x - y, axis=1) / np.linalg.norm(y, axis=1)).max() < 2e-3
