@@ -98,15 +98,19 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pca_panels(store: ActivationStore, site: str = "hook_resid_post", reduction: str = "sentence_end") -> pd.DataFrame:
-    """2-D PCA of ``site`` at the first, middle and last stored layer: PC1, PC2, emotion, text, layer label."""
+    """2-D PCA of ``site`` at the first, middle and last stored layer.
+
+    Columns PC1, PC2, emotion, text, stage (early / middle / late), layer, and var1, var2 (the
+    share of variance of each axis).
+    """
     stored = store.attrs["sites"][site]
-    picks = sorted({stored[0], stored[len(stored) // 2], stored[-1]})
+    picks = {"early": stored[0], "middle": stored[len(stored) // 2], "late": stored[-1]}
     parts = []
-    for layer in picks:
+    for stage, layer in picks.items():
         proj, var = pca_2d(store.get(f"blocks.{layer}.{site}", reduction))
         parts.append(pd.DataFrame({"PC1": proj[:, 0], "PC2": proj[:, 1], "emotion": store.labels["emotion"],
-                                   "text": store.labels["text"],
-                                   "layer": f"layer {layer} ({var[0]:.0%}, {var[1]:.0%})"}))
+                                   "text": store.labels["text"], "stage": stage, "layer": layer,
+                                   "var1": var[0], "var2": var[1]}))
     return pd.concat(parts, ignore_index=True)
 
 

@@ -98,19 +98,21 @@ stores = {(m, p): open_store(path) for m, by_p in paths.items() for p, path in b
 norms = pd.concat([norm_profile(s).assign(model=m, profile=p) for (m, p), s in stores.items()], ignore_index=True)
 px.line(norms, x="layer", y="norm", color="emotion", facet_col="model", facet_row="profile", markers=True,
         color_discrete_map=EMOTION_COLORS, title="Sentence-end residual norm by layer",
-        height=300 * norms["profile"].nunique()).update_yaxes(matches=None).show()
+        height=300 * norms["profile"].nunique()).update_xaxes(matches=None).update_yaxes(matches=None).show()
 
 # %% [markdown]
 # ## Two principal components at an early, a middle and a late layer
 # Sentence-end `hook_resid_post` of the first profile, centred, projected on its top two
-# principal axes (the share of variance each explains is in the facet title).
+# principal axes; the table below gives each panel's layer and the share of variance of each axis.
 
 # %%
 pcs = pd.concat([pca_panels(s).assign(model=m) for (m, p), s in stores.items() if p == profiles[0]],
                 ignore_index=True)
-px.scatter(pcs, x="PC1", y="PC2", color="emotion", facet_col="layer", facet_row="model", hover_data=["text"],
+px.scatter(pcs, x="PC1", y="PC2", color="emotion", facet_col="stage", facet_row="model", hover_data=["text", "layer"],
            color_discrete_map=EMOTION_COLORS, opacity=0.7, title=f"PCA of sentence-end resid_post ({profiles[0]})",
            height=320 * len(models)).update_xaxes(matches=None).update_yaxes(matches=None).show()
+pcs.groupby(["model", "stage"], sort=False)[["layer", "var1", "var2"]].first().style.format(
+    {"var1": "{:.0%}", "var2": "{:.0%}"})
 
 # %% [markdown]
 # ## Save
