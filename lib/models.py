@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -296,8 +297,6 @@ class LoadedModel:
             **self.quirks,
         }
         if self.spec.kind == "gguf":
-            import json
-
             cached = json.loads((ensure_cached(self.name) / "identity.json").read_text())
             ident["gguf_sha256"] = cached["gguf_sha256"]
             ident["source"] = cached["source"]
@@ -334,8 +333,6 @@ def load_encoder(name: str) -> TextEncoder:
 
 
 def _verify_cached_weights(name: str, got: str) -> None:
-    import json
-
     from lib.weights import WeightsError, cached_folder
 
     folder = cached_folder(name)

@@ -77,10 +77,6 @@ class ActivationStore:
         """Hook names readable from this store (stored ones and their aliases)."""
         return sorted([*self.attrs["stored_hooks"], *self.attrs["aliases"]])
 
-    @property
-    def reductions(self) -> list[str]:
-        return list(self.attrs["reductions"]) + (["tokens"] if self.attrs["token_sites"] else [])
-
     def _resolve(self, hook: str) -> tuple[str, int]:
         """(site, index on the layer axis) of a hook name, following aliases."""
         hook = self.attrs["aliases"].get(hook, hook)

@@ -107,6 +107,8 @@ def test_lazy_reads_touch_only_their_chunks(rows, tmp_path):
     anger = store.get("blocks.1.hook_mlp_out", "sentence_end", emotion="anger")
     assert np.array_equal(anger, full[store.labels["emotion"].to_numpy() == "anger"])
     assert np.array_equal(store.get("blocks.1.hook_mlp_out", rows=slice(4, 8)), full[4:8])
+    x, labels = store.select("blocks.1.hook_mlp_out", emotion="anger")
+    assert np.array_equal(x, anger) and (labels["emotion"] == "anger").all() and len(labels) == len(x)
     # delete every per-token chunk except layer 1's first row chunk: that read still works
     tokens_dir = tmp_path / "s" / "tokens" / "hook_mlp_out" / "c"
     keep = tokens_dir / "0" / "1"
