@@ -34,6 +34,7 @@ __all__ = ["DEFAULT_SITES", "ExtractConfig", "default_hook_names", "hook_names_f
 
 DEFAULT_SITES = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
 _F16_MAX_EXP = 15  # scale rows so that max |x| < 2**15 = 32768 < 65504
+_POS_CHUNK = 16  # positions per chunk of per-token arrays: short batches do not write the padding of long ones
 
 
 class StoreMismatchError(RuntimeError):
@@ -121,32 +122,86 @@ def _plan(names: list[str]) -> tuple[list[str], dict[str, str]]:
     return [n for n in names if n not in aliases], aliases
 
 
-def _grab(act, hook, *, site: str, li: int, n_layers: int, sink: dict):
-    """Copy ``act`` into slot ``li`` of the site's [batch, layers, pos, *shape] float32 buffer."""
-    buf = sink.get(site)
-    if buf is None:
-        buf = sink[site] = torch.empty((act.shape[0], n_layers, *act.shape[1:]), dtype=torch.float32)
-    buf[:, li] = act
-
-
 def _stop(act, hook):
     raise _StopForward
 
 
-def _reduce(act: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, span: torch.Tensor) -> dict:
-    """act [b, layers, pos, *shape] float32 -> the reductions, each [b, layers, *shape]."""
-    b, n, p = act.shape[:3]
-    flat = act.reshape(b, n, p, -1)
-    m = mask.to(act.dtype)
-    sp = span.to(act.dtype)
-    n_span = sp.sum(1)
-    # mean and span mean in one batched matmul: [b, 1, 2, p] @ [b, n, p, d] -> [b, n, 2, d]
-    weights = torch.stack([m / m.sum(1, keepdim=True), sp / n_span.clamp(min=1)[:, None]], 1).view(b, 1, 2, p)
-    both = torch.matmul(weights, flat)
-    span_mean = both[:, :, 1]
-    span_mean[n_span == 0] = torch.nan
-    out = {"sentence_end": flat[torch.arange(b), :, last], "mean": both[:, :, 0], "span": span_mean}
-    return {k: v.reshape(b, n, *act.shape[3:]) for k, v in out.items()}
+class _Capture:
+    """Hook state for one batch: each hook reduces its layer (and encodes its tokens) on the
+    forward's device as the forward runs, so only what is stored is kept and moved off the device.
+
+    Per site: ``red`` float32 [b, layers, 3, D] (sentence-end, mean, span; D = flattened shape);
+    for token sites ``tok`` [b, layers, pos, *shape] in the stored dtype with padding zeroed, and
+    for float16 ``exp`` int8 [b, layers] (see ``_encode_f16``).
+    """
+
+    def __init__(self, sites: dict[str, list[int]], config: ExtractConfig):
+        self.n_layers = {site: len(layers) for site, layers in sites.items()}
+        self.keep = {site: _keeps_tokens(site, config) for site in sites}
+        self.f16 = config.dtype == "float16"
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def begin(self, mask: torch.Tensor, last: torch.Tensor, span: torch.Tensor, measure: bool) -> None:
+        """mask, span bool [b, pos]; last long [b]; all on the forward's device."""
+        m, sp = mask.float(), span.float()
+        self.mask, self.pad, self.last = m, ~mask[:, :, None], last
+        self.rows = torch.arange(len(last), device=last.device)
+        self.span_n = sp.sum(1)
+        self.weights = torch.stack([m / m.sum(1, keepdim=True), sp / self.span_n.clamp(min=1)[:, None]], 1)
+        self.measure, self.worst = measure, []
+        self.red, self.tok, self.exp = {}, {}, {}
+
+    def hook(self, act, hook, *, site: str, li: int):
+        b, p = act.shape[:2]
+        self.shapes.setdefault(site, tuple(act.shape[2:]))
+        flat = act.reshape(b, p, -1).float()
+        red = self.red.get(site)
+        if red is None:
+            red = self.red[site] = torch.empty((b, self.n_layers[site], 3, flat.shape[-1]), device=act.device)
+        red[:, li, 0] = flat[self.rows, self.last]
+        torch.bmm(self.weights, flat, out=red[:, li, 1:])
+        if not self.keep[site]:
+            return
+        dst = self.tok.get(site)
+        if dst is None:
+            dst = self.tok[site] = torch.empty((b, self.n_layers[site], p, *act.shape[2:]), device=act.device,
+                                               dtype=torch.float16 if self.f16 else torch.float32)
+            if self.f16:
+                self.exp[site] = torch.zeros((b, self.n_layers[site]), dtype=torch.int8, device=act.device)
+        out = dst[:, li].view(b, p, -1)
+        out.copy_(flat)  # one pass: cast to the stored dtype
+        out.masked_fill_(self.pad, 0)  # padding zeroed so it never leaks
+        if not self.f16:
+            return
+        if torch.isinf(out).any():  # rare: rows beyond float16's range get a power-of-two scale
+            tok = (flat * self.mask[:, :, None])[:, None]
+            x16, exp = _encode_f16(tok)
+            out.copy_(x16[:, 0])
+            self.exp[site][:, li] = exp[:, 0]
+        if self.measure:
+            tok = (flat * self.mask[:, :, None])[:, None]
+            self.worst.append(_relative_error(out[:, None], self.exp[site][:, li:li + 1], tok))
+
+    def finish(self) -> dict[str, dict]:
+        """Per site, on the CPU: the stored reductions (and tokens, exponents) of this batch."""
+        out = {}
+        for site, red in self.red.items():
+            red[:, :, 2][self.span_n == 0] = torch.nan  # no span tokens in that row
+            red = red.view(*red.shape[:3], *self.shapes[site])
+            if self.f16 and site in self.tok:
+                exp = self.exp[site]
+                reds = {k: _to_store(red[:, :, i], exp) for i, k in enumerate(REDUCTIONS)}
+            elif self.f16:
+                _, exp = _encode_f16(red.nan_to_num(0.0))
+                reds = {k: _to_store(red[:, :, i], exp) for i, k in enumerate(REDUCTIONS)}
+            else:
+                exp, reds = None, {k: red[:, :, i].cpu().numpy() for i, k in enumerate(REDUCTIONS)}
+            out[site] = {"reductions": reds, "exp": None if exp is None else exp.cpu().numpy(),
+                         "tokens": self.tok[site].cpu().numpy() if site in self.tok else None}
+        return out
+
+    def worst_relative_error(self) -> float:
+        return max((float(w) for w in self.worst), default=0.0)
 
 
 def _row_exponents(act: torch.Tensor) -> torch.Tensor:
@@ -157,41 +212,89 @@ def _row_exponents(act: torch.Tensor) -> torch.Tensor:
     return exp.clamp(min=0).to(torch.int8)
 
 
+def _scale_view(exp: torch.Tensor, ndim: int) -> torch.Tensor:
+    return exp.float().view(*exp.shape, *(1,) * (ndim - exp.ndim))
+
+
 def _to_store(x: torch.Tensor, exp: torch.Tensor | None) -> np.ndarray:
-    """x [b, layers, ...] -> stored dtype; float16 rows divided by 2**exp first (exact)."""
+    """x [b, layers, ...] -> stored dtype on the CPU; float16 rows divided by 2**exp first (exact)."""
     if exp is None:
-        return x.numpy()
+        return x.cpu().numpy()
     if exp.any():
-        x = x * torch.exp2(-exp.float()).view(*exp.shape, *(1,) * (x.ndim - 2))
-    return x.to(torch.float16).numpy()
+        x = x * torch.exp2(-_scale_view(exp, x.ndim))
+    return x.to(torch.float16).cpu().numpy()
 
 
-def _encode_f16(act: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-    """float16 of ``act`` [b, layers, ...] (padding zero) and the int8 exponents [b, layers].
+def _encode_f16(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float16 of ``act`` [b, layers, ...] (padding zero) and the int8 exponents [b, layers], on its device.
 
     One cast in the common case; only (row, layer) pairs that overflow float16 get k > 0, so a
     row's stored bytes never depend on the other rows of its batch.
     """
     x16 = act.to(torch.float16)
     over = torch.isinf(x16).flatten(2).any(2)
-    exp = torch.zeros(over.shape, dtype=torch.int8)
+    exp = torch.zeros(over.shape, dtype=torch.int8, device=act.device)
     if over.any():
         exp = torch.where(over, _row_exponents(act), exp)
-        x16 = torch.from_numpy(_to_store(act, exp))
-    return x16.numpy(), exp
+        x16 = (act * torch.exp2(-_scale_view(exp, act.ndim))).to(torch.float16)
+    return x16, exp
 
 
-def _from_store(x: np.ndarray, exp: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(x).float() * torch.exp2(exp.float()).view(*exp.shape, *(1,) * (x.ndim - 2))
+def _from_store(x, exp: torch.Tensor) -> torch.Tensor:
+    x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+    return x.float() * torch.exp2(_scale_view(exp.to(x.device), x.ndim))
 
 
-def _relative_error(stored: np.ndarray, exp: torch.Tensor, act: torch.Tensor) -> float:
-    """Largest ||stored - exact|| / ||exact|| over the real token vectors of one batch."""
+def _relative_error(stored, exp: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """Largest ||stored - exact|| / ||exact|| over the real token vectors (a 0-d tensor, no sync)."""
     back = _from_store(stored, exp)
     num = (back - act).flatten(3).norm(dim=-1)
     den = act.flatten(3).norm(dim=-1)
-    real = den > 0
-    return float((num[real] / den[real]).max()) if real.any() else 0.0
+    return torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), 0.0).max()
+
+
+class _ChunkEncoder:
+    """Writes whole chunks of one zarr array straight to its files, the way zarr itself encodes them.
+
+    zarr's own write path costs about five times the compression and the file write (measured
+    here), which on two cores is taken from the forward pass. Chunks are encoded with the array's
+    own codecs (little-endian bytes, then Blosc) and written atomically (a temporary file renamed),
+    so zarr reads them back as if it had written them; a test compares the files byte for byte.
+    """
+
+    def __init__(self, root: Path, name: str, arr):
+        from zarr.codecs import BloscCodec, BytesCodec
+
+        codecs = arr.metadata.codecs
+        if not (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)
+                and (codecs[0].endian is None or codecs[0].endian.value == sys.byteorder)):
+            raise ValueError(f"unexpected codecs for {name}: {codecs}")
+        self.dir = root / name
+        self.chunks = tuple(arr.chunks)
+        self.dtype = arr.dtype
+        self.fill = arr.fill_value
+        self.key = arr.metadata.chunk_key_encoding.encode_chunk_key
+        self.blosc = codecs[1]._blosc_codec
+
+    def write(self, start: tuple[int, ...], data: np.ndarray) -> None:
+        """Write ``data`` at offset ``start``; the region must begin on chunk boundaries, and chunks it
+        covers only in part are filled with the fill value (here: padding and rows past the end)."""
+        start = tuple(start) + (0,) * (data.ndim - len(start))
+        first = [s // c for s, c in zip(start, self.chunks)]
+        counts = [-(-d // c) for d, c in zip(data.shape, self.chunks)]
+        for rel in np.ndindex(*counts):
+            lo = [r * c for r, c in zip(rel, self.chunks)]
+            part = data[tuple(slice(a, a + c) for a, c in zip(lo, self.chunks))]
+            if part.shape == self.chunks:
+                chunk = np.ascontiguousarray(part, dtype=self.dtype)
+            else:
+                chunk = np.full(self.chunks, self.fill, dtype=self.dtype)
+                chunk[tuple(slice(0, s) for s in part.shape)] = part
+            path = self.dir / self.key(tuple(f + r for f, r in zip(first, rel)))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".partial")
+            tmp.write_bytes(self.blosc.encode(chunk.view(np.uint8).reshape(-1)))
+            os.replace(tmp, path)
 
 
 class _Writer:
@@ -204,6 +307,11 @@ class _Writer:
         import queue
         import threading
 
+        import zarr
+
+        root = progress_path.parent
+        self.encoders = {name: _ChunkEncoder(root, name, arr) for name, arr in group.members(max_depth=None)
+                         if isinstance(arr, zarr.Array)}
         self.group, self.progress_path, self.settings_sha, self.on_done = group, progress_path, settings_sha, on_done
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
@@ -216,8 +324,8 @@ class _Writer:
                 continue
             done, writes = item
             try:
-                for name, where, data in writes:
-                    self.group[name][where] = data
+                for name, start, data in writes:
+                    self.encoders[name].write(start, data)
                 write_json(self.progress_path, {"settings_sha256": self.settings_sha, "batches_done": done})
                 self.on_done()
             except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
@@ -263,7 +371,7 @@ def _create_arrays(group, sites, shapes, n_rows, width, config):
             group.create_array(f"{red}/{site}", shape=(n_rows, n, *shape), chunks=(b, n, *shape),
                                dtype=np_dtype, compressors=comp, fill_value=0)
         if _keeps_tokens(site, config):
-            group.create_array(f"tokens/{site}", shape=(n_rows, n, width, *shape), chunks=(b, 1, width, *shape),
+            group.create_array(f"tokens/{site}", shape=(n_rows, n, width, *shape), chunks=(b, 1, min(width, _POS_CHUNK), *shape),
                                dtype=np_dtype, compressors=comp, fill_value=0)
 
 
@@ -337,13 +445,13 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
         stray.unlink()
     group = zarr.open_group(str(out), mode="a")
     sites = _sites(stored)
-    sink: dict[str, torch.Tensor] = {}
-    hooks = [(f"blocks.{layer}.{site}", partial(_grab, site=site, li=li, n_layers=len(layers), sink=sink))
+    cap = _Capture(sites, config)
+    hooks = [(f"blocks.{layer}.{site}", partial(cap.hook, site=site, li=li))
              for site, layers in sites.items() for li, layer in enumerate(layers)]
     hooks.append((f"blocks.{last_layer}.hook_resid_post", _stop))  # registered last: runs last
     if start == 0 and "lengths" not in group:
-        _run_batch(lm, texts, df, batches[0][:1], hooks, sink)  # shapes from one row
-        shapes = {site: tuple(sink[site].shape[3:]) for site in sites}
+        _run_batch(lm, texts, df, batches[0][:1], hooks, cap, measure=False)  # shapes from one row
+        shapes = dict(cap.shapes)
         group.attrs.update({**settings, "sites": sites, "shapes": {k: list(v) for k, v in shapes.items()},
                             "reductions": list(config.reductions),
                             "token_sites": [site for site in sites if _keeps_tokens(site, config)],
@@ -360,26 +468,17 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
         with torch.inference_mode():
             for b in range(start, len(batches)):
                 idx = batches[b]
-                enc, mask, last, span = _run_batch(lm, texts, df, idx, hooks, sink)
-                lo, hi, w = b * config.batch_size, b * config.batch_size + len(idx), enc.input_ids.shape[1]
-                writes = [("lengths", np.s_[lo:hi], enc.lengths.cpu().numpy().astype(np.int32))]
-                for site in sites:
-                    act = sink.pop(site)  # [b, layers, pos, *shape]; padding zeroed so it never leaks
-                    for row, n in enumerate(enc.lengths.tolist()):
-                        act[row, :, n:] = 0
-                    keep_tokens = _keeps_tokens(site, config)
-                    reds = _reduce(act, mask, last, span)
-                    if f16:  # the exponent comes from what is stored: every token, or only the reductions
-                        basis = act if keep_tokens else torch.cat([r.nan_to_num(0.0) for r in reds.values()], -1)
-                        stored_tokens, exp = _encode_f16(basis)
-                        writes.append((f"scale/{site}", np.s_[lo:hi], exp.numpy()))
-                    else:
-                        stored_tokens, exp = act.numpy(), None
-                    writes += [(f"{red}/{site}", np.s_[lo:hi], _to_store(reds[red], exp)) for red in config.reductions]
-                    if keep_tokens:
-                        writes.append((f"tokens/{site}", np.s_[lo:hi, :, :w], stored_tokens))
-                        if f16 and b % 8 == 0:  # float16 error, measured on every 8th batch
-                            worst_rel = max(worst_rel, _relative_error(stored_tokens, exp, act))
+                # float16 error measured on every 8th batch
+                enc = _run_batch(lm, texts, df, idx, hooks, cap, measure=f16 and b % 8 == 0)
+                lo = b * config.batch_size
+                writes = [("lengths", (lo,), enc.lengths.cpu().numpy().astype(np.int32))]
+                for site, got in cap.finish().items():
+                    if got["exp"] is not None:
+                        writes.append((f"scale/{site}", (lo,), got["exp"]))
+                    writes += [(f"{red}/{site}", (lo,), got["reductions"][red]) for red in config.reductions]
+                    if got["tokens"] is not None:
+                        writes.append((f"tokens/{site}", (lo,), got["tokens"]))
+                worst_rel = max(worst_rel, cap.worst_relative_error())
                 writer.put(b + 1, writes)
     finally:
         writer.close()
@@ -401,18 +500,17 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
     return manifest
 
 
-def _run_batch(lm, texts, df, idx, hooks, sink):
+def _run_batch(lm, texts, df, idx, hooks, cap: _Capture, measure: bool):
     enc = lm.encoder.encode([texts[i] for i in idx], device=lm.device)
     width = enc.input_ids.shape[1]
-    mask = enc.attention_mask.bool().cpu()
     span = span_token_mask(enc.offsets, df["span_start"].to_numpy()[idx], df["span_end"].to_numpy()[idx], width)
-    sink.clear()
+    cap.begin(enc.attention_mask.bool(), enc.last_index.to(lm.device), span.to(lm.device), measure)
     try:
         with torch.inference_mode(), lm.bridge.hooks(fwd_hooks=hooks):
             lm.bridge(enc.input_ids, attention_mask=enc.attention_mask)
     except _StopForward:
         pass
-    return enc, mask, enc.last_index.cpu(), span
+    return enc
 
 
 def main(argv: list[str] | None = None) -> int:
