@@ -5,9 +5,13 @@
     held in memory as float32, then written to a scratch pickle file (written, never read back).
 (c) lib.extract with the default sites (resid_pre, resid_post, mlp_out, attn_out; every token plus
     the reductions) written to a float16 zarr store.
-Then the peak RSS of (c) in fresh processes at 1x and 4x the rows.
+Then the peak RSS of (c) in fresh processes at 1x and 4x the rows (CPU only: skipped with --device cuda).
+
+--device picks where the model runs for (a), (b) and (c) (default cpu); on CUDA each timing ends with
+torch.cuda.synchronize() so queued kernels are counted.
 
 Usage: .venv/bin/python benchmarks/extraction.py [--model smollm2-135m] [--rows 900] [--batch-size 32]
+       [--device cpu|cuda|cuda:N]
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import argparse
 import json
 import os
 import pickle
+import platform
 import shutil
 import subprocess
 import sys
@@ -47,6 +52,18 @@ def batches(lm, df, batch_size):
             for i in range(0, len(df), batch_size)], int(enc.lengths.sum())
 
 
+def sync(device) -> None:
+    """Wait for queued CUDA work so the clock read next counts it (no-op off CUDA)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def device_name(device) -> str:
+    if str(device).startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)"
+
+
 def bare_forward(lm, encs) -> float:
     def stop(act, hook):
         raise _StopForward
@@ -57,6 +74,7 @@ def bare_forward(lm, encs) -> float:
                 lm.bridge(e.input_ids, attention_mask=e.attention_mask)
             except _StopForward:
                 pass
+    sync(lm.device)
     return time.perf_counter() - t0
 
 
@@ -72,12 +90,14 @@ def seed_way(lm, encs, scratch: Path) -> tuple[float, int]:
                                .float().cpu().numpy())
     with open(scratch, "wb") as fh:  # the seed's format; written for the comparison, never loaded
         pickle.dump(held, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    sync(lm.device)
     return time.perf_counter() - t0, scratch.stat().st_size
 
 
 def ours(lm, df, out: Path, batch_size: int) -> tuple[float, dict]:
     t0 = time.perf_counter()
     manifest = extract(lm, df, out, ExtractConfig(batch_size=batch_size), progress=False, log=lambda *_: None)
+    sync(lm.device)
     return time.perf_counter() - t0, manifest
 
 
@@ -114,8 +134,9 @@ def child(model: str, n: int, batch_size: int, out: str) -> None:
 
 
 def _throughput(lm, df, encs, n_tokens, tmp, a) -> None:
-    print(f"{a.model}: {len(df)} rows, {n_tokens} tokens, batch {a.batch_size}, {torch.get_num_threads()} threads")
-    bare_forward(lm, encs[:2])  # warm-up
+    print(f"{a.model}: {len(df)} rows, {n_tokens} tokens, batch {a.batch_size}, {torch.get_num_threads()} threads, "
+          f"device {device_name(lm.device)}")
+    bare_forward(lm, encs[:2] + encs[-1:])  # warm-up: shortest and longest batches
     ta = bare_forward(lm, encs)
     tb, b_bytes = seed_way(lm, encs, tmp / "seed.pkl")
     (tmp / "seed.pkl").unlink()
@@ -138,18 +159,25 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--child", nargs=2, metavar=("ROWS", "OUT"))
     p.add_argument("--rss-only", action="store_true", help="only the peak-RSS part")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where (a), (b), (c) run (RSS part: cpu only)")
     a = p.parse_args()
     if a.child:
         child(a.model, int(a.child[0]), a.batch_size, a.child[1])
         return
     torch.manual_seed(0)
-    lm = load_model(a.model, device="cpu")
+    on_cuda = a.device.startswith("cuda")
+    if a.rss_only and on_cuda:
+        p.error("--rss-only measures CPU extraction; use --device cpu")
+    lm = load_model(a.model, device=a.device)
     df = rows(a.rows)
     encs, n_tokens = batches(lm, df, a.batch_size)
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
         if not a.rss_only:
             _throughput(lm, df, encs, n_tokens, tmp, a)
+        if on_cuda:
+            print(f"peak RSS part skipped: it measures CPU extraction, and this run is on {device_name(lm.device)}")
+            return
         rss = {}
         for mult in (1, 4):
             out = tmp / f"rss{mult}"

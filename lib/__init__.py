@@ -15,5 +15,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # tqdm.auto without ipywidgets warns in every notebook; our progress bars go to stderr text.
 warnings.filterwarnings("ignore", message="IProgress not found")
+# Activation stores keep labels.jsonl, progress.json and manifest.json beside their zarr arrays.
+warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a component of a Zarr hierarchy")
 
-__all__: list[str] = []
+__all__: list[str] = ["show_progress"]
+
+
+def show_progress() -> bool:
+    """Whether long loops show progress bars (``EMOTION_NO_PROGRESS=1`` turns them off)."""
+    return os.environ.get("EMOTION_NO_PROGRESS") != "1"

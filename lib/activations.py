@@ -11,7 +11,7 @@ from lib.paths import RESULTS, ROOT
 from lib.provenance import relative
 from lib.store import ActivationStore, open_store
 
-__all__ = ["parse_profile", "store_folder", "extract_all", "store_table", "norm_profile", "pca_2d", "pca_panels", "open_run_store",
+__all__ = ["parse_profile", "store_folder", "extract_all", "obtain_stores", "store_table", "norm_profile", "pca_2d", "pca_panels", "open_run_store",
            "resolve_stores_dir"]
 
 
@@ -138,3 +138,19 @@ def open_run_store(model: str, profile: str, run: str = "default") -> Activation
         have = {m: sorted(p) for m, p in stores.items()}
         raise KeyError(f"no store for model {model!r}, profile {profile!r} in run {run!r}; it has {have}")
     return open_store(ROOT / stores[model][profile])
+
+
+def obtain_stores(models: list[str], profiles: list[str], activations_run: str, scratch: Path, *,
+                  max_per_emotion: int | None = 20, seed: int = 0, site: str = "hook_resid_post",
+                  log=print) -> dict[tuple[str, str], ActivationStore]:
+    """Stores for (model, profile): from phase 02's run ``activations_run``, or, when that is empty
+    (smoke runs, tests), extracted here into ``scratch`` (``site`` of every layer, reductions only,
+    ``max_per_emotion`` rows per emotion)."""
+    if activations_run:
+        return {(m, p): open_run_store(m, p, activations_run) for m in models for p in profiles}
+    from lib.extract import ExtractConfig
+
+    config = ExtractConfig(sites=(site,), token_sites=())
+    paths = extract_all(models, profiles, config, Path(scratch) / "stores", device="cpu",
+                        max_per_emotion=max_per_emotion, seed=seed, log=log)
+    return {(m, p): open_store(paths[m][p]) for m in models for p in profiles}
