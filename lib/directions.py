@@ -107,7 +107,8 @@ def diff_of_means(x, labels, emotion: str, against: str = BASELINE, *, return_co
     """Unit [d] along mean(emotion rows) - baseline: the ``against`` class's mean, or for "rest" the
     mean of the other classes' means (neutral included, each class weighted equally); NaN rows dropped.
 
-    With ``return_counts`` also returns {"used": {class: rows}, "dropped": {class: NaN rows}}.
+    With ``return_counts`` also returns {"used": {class: rows}, "dropped": {class: NaN rows}}; for "rest",
+    classes with no finite row are left out of the baseline and listed only under "dropped".
 
     >>> diff_of_means(np.array([[0., 0.], [0., 2.], [3., 0.], [3., 2.]]), ["neutral"] * 2 + ["anger"] * 2, "anger")
     array([1., 0.])
@@ -120,7 +121,10 @@ def diff_of_means(x, labels, emotion: str, against: str = BASELINE, *, return_co
     if not return_counts:
         return v
     used = {emotion: len(xe), **used}
-    return v, {"used": used, "dropped": {c: rows.dropped.get(c, 0) for c in used}}
+    dropped = {c: rows.dropped.get(c, 0) for c in used}
+    if against == "rest":  # a class with no finite row (neutral in the span reduction) shows up only here
+        dropped.update(rows.dropped)
+    return v, {"used": used, "dropped": dropped}
 
 
 def top_components(x, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +153,8 @@ def orient(direction, x, labels, emotion: str, against: str = BASELINE) -> np.nd
     """Unit ``direction`` [d], sign-flipped if needed so the emotion's mean projection exceeds the
     baseline's (``against`` as in ``diff_of_means``).
 
-    >>> orient(np.array([-2., 0.]), np.array([[0., 0.], [0., 1.], [3., 0.], [3., 1.]]), ["neutral"] * 2 + ["anger"] * 2, "anger")
+    >>> x = np.array([[0., 0.], [0., 1.], [3., 0.], [3., 1.]])
+    >>> orient(np.array([-2., 0.]), x, ["neutral"] * 2 + ["anger"] * 2, "anger")
     array([1., 0.])
     """
     rows = drop_missing(x, labels)
@@ -185,7 +190,8 @@ def emotion_directions(x, labels, methods=METHODS, *, emotions=EMOTIONS, extra: 
     {(emotion, method): vector [d]} (e.g. probe weights) is normalised and oriented against ``extra_against``.
 
     >>> x = np.array([[0., 0.], [0., 1.], [2., 0.], [2., 1.]])
-    >>> d = emotion_directions(x, ["neutral"] * 2 + ["anger"] * 2, emotions=("anger",), extra={("anger", "probe"): [-3., 0.]})
+    >>> labs = ["neutral"] * 2 + ["anger"] * 2
+    >>> d = emotion_directions(x, labs, emotions=("anger",), extra={("anger", "probe"): [-3., 0.]})
     >>> sorted(d), d["anger", "probe"]
     ([('anger', 'mean_vs_neutral'), ('anger', 'mean_vs_rest'), ('anger', 'pca'), ('anger', 'probe')], array([1., 0.]))
     """
@@ -299,7 +305,8 @@ def emotion_subspace(x, labels, emotion: str, var_threshold: float = 0.9, max_k:
     the mean offset is included); k is the smallest whose cumulative share of squared norm reaches
     ``var_threshold`` (capped at ``max_k``), unless ``k`` is given. Returns Subspace(basis [d, k], k, explained).
 
-    >>> s = emotion_subspace(np.array([[0., 0.], [0., 0.], [2., 0.1], [3., -0.1]]), ["neutral"] * 2 + ["anger"] * 2, "anger")
+    >>> x = np.array([[0., 0.], [0., 0.], [2., 0.1], [3., -0.1]])
+    >>> s = emotion_subspace(x, ["neutral"] * 2 + ["anger"] * 2, "anger")
     >>> s.k, s.basis.shape
     (1, (2, 1))
     """
@@ -338,7 +345,8 @@ def subspace_angles(a, b) -> np.ndarray:
     ``b`` [d, kb]: QR then SVD, arccos of the cosines, arcsin of the sines for angles below pi/4 (accurate).
 
     >>> t = 0.3
-    >>> subspace_angles(np.array([[1., 0.], [0., 0.], [0., 1.]]), np.array([[np.cos(t), 0.], [np.sin(t), 0.], [0., 1.]])).round(6)
+    >>> a = np.array([[1., 0.], [0., 0.], [0., 1.]])
+    >>> subspace_angles(a, np.array([[np.cos(t), 0.], [np.sin(t), 0.], [0., 1.]])).round(6)
     array([0. , 0.3])
     """
     qa, qb = _orth(a, "a"), _orth(b, "b")
@@ -410,7 +418,8 @@ def subspace_stability(x1, labels1, x2, labels2, *, emotion: str | None = None, 
     if k is None:
         k = max(_fit(r1, emotion, var_threshold, max_k, None).k, _fit(r2, emotion, var_threshold, max_k, None).k)
     a, b = _fit(r1, emotion, var_threshold, max_k, k), _fit(r2, emotion, var_threshold, max_k, k)
-    return Stability(subspace_angles(a.basis, b.basis)[None], random_subspace_angles(r1.x.shape[1], k, k, n_null, seed), k)
+    null = random_subspace_angles(r1.x.shape[1], k, k, n_null, seed)
+    return Stability(subspace_angles(a.basis, b.basis)[None], null, k)
 
 
 def split_half_stability(x, labels, *, emotion: str | None = None, var_threshold: float = 0.9,

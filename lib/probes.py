@@ -25,16 +25,22 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from lib.datasets import EMOTIONS
 from lib.leakage import near_duplicates, normalize
 
 __all__ = [
-    "ProbeResult", "text_groups", "grouped_folds", "make_probe", "probe_cv", "shuffled_label_control",
+    "MAX_ITER", "ProbeResult", "text_groups", "grouped_folds", "make_probe", "probe_cv", "shuffled_label_control",
     "probe_by_layer", "fit_probe", "transfer_eval", "probe_direction", "bootstrap_ci", "wilson_interval",
 ]
 
-MAX_ITER = 500  # lbfgs on standardised features converges in well under this at C=1 (see tests/test_probes.py)
+# lbfgs at C=1, tol=1e-4 on standardised features: ~50-250 iterations on gemma3-270m sentence-end residuals
+# (2175 x 640), up to ~600 at layer 0 with shuffled labels; the cap leaves room above that.
+MAX_ITER = 1000
+# Each fit runs with single-threaded BLAS/OpenMP: the products are small ([~2000, ~600] @ [~600, 4]), and on
+# a busy 2-core machine the spinning threads made one fit 15-50x slower than one thread. Use n_jobs=2 to
+# spread the folds over two cores instead (threads; the heavy numeric work releases the GIL).
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +64,7 @@ def _classes(y) -> list:
 
 
 def text_groups(texts, threshold: float = 0.8) -> np.ndarray:
-    """Group id per text ([n] int, 0..k-1 in first-seen order); same normalised text or Jaccard >= threshold joins groups.
+    """Group id per text ([n] int, 0..k-1, first-seen order); same normalised text or Jaccard >= threshold joins.
 
     >>> text_groups(["Thank you!", "thank you", "The bus is late.", "Thank you!!!"]).tolist()
     [0, 0, 1, 0]
@@ -129,7 +135,8 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     if n <= 0:
         return (float("nan"), float("nan"))
     p = k / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    denom = 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / denom, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (float(centre - half), float(centre + half))
 
 
@@ -167,10 +174,12 @@ def bootstrap_ci(y_true, y_pred, classes=None, *, n_boot: int = 1000, seed: int 
 
 
 def probe_cv(x, y, groups, *, n_splits: int = 5, seed: int = 0, C: float = 1.0, max_iter: int = MAX_ITER,
-             pca: int | None = None, n_boot: int = 1000, folds=None) -> ProbeResult:
+             pca: int | None = None, n_boot: int = 1000, folds=None, n_jobs: int = 1) -> ProbeResult:
     """Grouped, stratified k-fold CV of a probe on ``x`` [n, d]; scores pooled over the out-of-fold predictions.
 
-    ``folds`` (from ``grouped_folds``) may be passed to reuse them across layers; ``n_boot=0`` skips intervals.
+    ``folds`` (from ``grouped_folds``) may be passed to reuse them across layers; ``n_boot=0`` skips intervals;
+    ``n_jobs`` fits that many folds at once in threads (same predictions). ``pca`` (default off) reduces the
+    standardised features inside each training fold; it did not speed up fits on real residuals.
 
     >>> rng = np.random.default_rng(0); y = np.repeat(["anger", "neutral"], 50)
     >>> r = probe_cv(rng.normal(size=(100, 3)) + (y == "anger")[:, None] * 4, y, np.arange(100))
@@ -182,8 +191,18 @@ def probe_cv(x, y, groups, *, n_splits: int = 5, seed: int = 0, C: float = 1.0, 
         raise ValueError(f"x must be [n_rows, d] with one row per label; got x {x.shape} and {len(y)} labels")
     folds = grouped_folds(y, groups, n_splits, seed) if folds is None else folds
     pred = np.empty(len(y), dtype=y.dtype)
-    for train, test in folds:
-        pred[test] = make_probe(C=C, max_iter=max_iter, pca=pca, seed=seed).fit(x[train], y[train]).predict(x[test])
+
+    def fit_predict(train, test):
+        return make_probe(C=C, max_iter=max_iter, pca=pca, seed=seed).fit(x[train], y[train]).predict(x[test])
+
+    with threadpool_limits(limits=1):  # see the note at MAX_ITER
+        if n_jobs == 1:
+            outs = [fit_predict(train, test) for train, test in folds]
+        else:
+            from joblib import Parallel, delayed
+            outs = Parallel(n_jobs=n_jobs, backend="threading")(delayed(fit_predict)(tr, te) for tr, te in folds)
+    for (_, test), out in zip(folds, outs):
+        pred[test] = out
     classes = _classes(y)
     p, r, f1, _ = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
     codes_t = pd.Categorical(y, categories=classes).codes
@@ -200,41 +219,55 @@ def probe_cv(x, y, groups, *, n_splits: int = 5, seed: int = 0, C: float = 1.0, 
                        oof_pred=pred, classes=tuple(classes))
 
 
-def shuffled_label_control(x, y, groups, *, n_repeats: int = 5, seed: int = 0, **cv_kwargs) -> dict:
+def shuffled_label_control(x, y, groups, *, n_repeats: int = 5, n_splits: int = 5, seed: int = 0,
+                           **cv_kwargs) -> dict:
     """Chance check: ``probe_cv`` with labels permuted over all rows (seeded), summarised over repeats.
 
     Returns accuracy/macro-F1 mean and sd, the per-repeat values, and the majority-class rate for reference.
 
     >>> rng = np.random.default_rng(0); y = np.repeat(["anger", "neutral"], 50)
-    >>> abs(shuffled_label_control(rng.normal(size=(100, 3)), y, np.arange(100), n_repeats=2)["accuracy_mean"] - .5) < .2
+    >>> s = shuffled_label_control(rng.normal(size=(100, 3)), y, np.arange(100), n_repeats=2)
+    >>> abs(s["accuracy_mean"] - .5) < .2
     True
     """
-    y = np.asarray(y)
+    return _shuffled_summary(x, y, _permutations(y, groups, n_repeats, seed, n_splits), seed=seed, **cv_kwargs)
+
+
+def _permutations(y, groups, n_repeats: int, seed: int, n_splits: int) -> list[tuple[np.ndarray, list]]:
+    """(permuted labels, their grouped folds) per repeat: computed once, shared by every layer."""
+    y, rng = np.asarray(y), np.random.default_rng(seed)
+    perms = [rng.permutation(y) for _ in range(n_repeats)]
+    return [(p, grouped_folds(p, groups, n_splits, seed)) for p in perms]
+
+
+def _shuffled_summary(x, y, perms, *, seed: int, **cv_kwargs) -> dict:
     cv_kwargs.pop("n_boot", None)
-    rng = np.random.default_rng(seed)
-    runs = [probe_cv(x, rng.permutation(y), groups, seed=seed, n_boot=0, **cv_kwargs) for _ in range(n_repeats)]
+    runs = [probe_cv(x, yp, None, seed=seed, n_boot=0, folds=f, **cv_kwargs) for yp, f in perms]
     acc, f1 = np.array([r.accuracy for r in runs]), np.array([r.macro_f1 for r in runs])
-    return {"accuracy_mean": float(acc.mean()), "accuracy_sd": float(acc.std(ddof=1)) if n_repeats > 1 else 0.0,
-            "macro_f1_mean": float(f1.mean()), "macro_f1_sd": float(f1.std(ddof=1)) if n_repeats > 1 else 0.0,
-            "accuracies": acc, "macro_f1s": f1, "majority": float(pd.Series(y).value_counts(normalize=True).iloc[0])}
+    sd = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+    return {"accuracy_mean": float(acc.mean()), "accuracy_sd": sd(acc), "macro_f1_mean": float(f1.mean()),
+            "macro_f1_sd": sd(f1), "accuracies": acc, "macro_f1s": f1,
+            "majority": float(pd.Series(np.asarray(y)).value_counts(normalize=True).iloc[0])}
 
 
-def probe_by_layer(xs, y, groups, *, layers=None, shuffled_repeats: int = 0, n_splits: int = 5, seed: int = 0,
-                   progress: bool = False, **cv_kwargs) -> pd.DataFrame:
-    """Tidy table, one row per layer and variant ("probe", and "shuffled" when ``shuffled_repeats`` > 0).
+def probe_by_layer(xs, y, groups, *, layers=None, variant: str = "", shuffled_repeats: int = 0, n_splits: int = 5,
+                   seed: int = 0, progress: bool = False, **cv_kwargs) -> pd.DataFrame:
+    """Tidy table of ``probe_cv`` over per-layer matrices ``xs`` ([n, d] each), one row per layer and label kind.
 
-    Columns: layer, variant, accuracy, acc_lo, acc_hi, macro_f1, f1_lo, f1_hi. For "shuffled" the point
-    values are means over repeats and lo/hi are mean -/+ 2 sd. Folds are computed once and shared by layers.
+    Columns: layer, variant (the caller's tag, e.g. the reduction, so tables concatenate), labels ("true", and
+    "shuffled" when ``shuffled_repeats`` > 0), accuracy, acc_lo, acc_hi, macro_f1, f1_lo, f1_hi. Shuffled rows
+    hold means over repeats with lo/hi = mean -/+ 2 sd. Folds are computed once and shared by all layers.
 
     >>> rng = np.random.default_rng(0); y = np.repeat(["anger", "neutral"], 20)
     >>> probe_by_layer([rng.normal(size=(40, 2))] * 2, y, np.arange(40), n_splits=2, n_boot=10).shape
-    (2, 8)
+    (2, 9)
     """
     y = np.asarray(y)
     layers = list(range(len(xs))) if layers is None else list(layers)
     if len(layers) != len(xs):
         raise ValueError(f"got {len(xs)} layer matrices but {len(layers)} layer names")
     folds = grouped_folds(y, groups, n_splits, seed)
+    perms = _permutations(y, groups, shuffled_repeats, seed, n_splits)
     items = zip(layers, xs)
     if progress:
         from tqdm.auto import tqdm
@@ -242,16 +275,16 @@ def probe_by_layer(xs, y, groups, *, layers=None, shuffled_repeats: int = 0, n_s
     rows = []
     for layer, x in items:
         r = probe_cv(x, y, groups, n_splits=n_splits, seed=seed, folds=folds, **cv_kwargs)
-        rows.append({"layer": layer, "variant": "probe", "accuracy": r.accuracy, "acc_lo": r.acc_ci[0],
-                     "acc_hi": r.acc_ci[1], "macro_f1": r.macro_f1, "f1_lo": r.f1_ci[0], "f1_hi": r.f1_ci[1]})
+        rows.append({"layer": layer, "variant": variant, "labels": "true", "accuracy": r.accuracy,
+                     "acc_lo": r.acc_ci[0], "acc_hi": r.acc_ci[1], "macro_f1": r.macro_f1, "f1_lo": r.f1_ci[0],
+                     "f1_hi": r.f1_ci[1]})
         if shuffled_repeats:
-            kw = {k: v for k, v in cv_kwargs.items() if k != "n_boot"}
-            s = shuffled_label_control(x, y, groups, n_repeats=shuffled_repeats, seed=seed, n_splits=n_splits, **kw)
+            s = _shuffled_summary(x, y, perms, seed=seed, **cv_kwargs)
             m, sd, fm, fsd = s["accuracy_mean"], s["accuracy_sd"], s["macro_f1_mean"], s["macro_f1_sd"]
-            rows.append({"layer": layer, "variant": "shuffled", "accuracy": m, "acc_lo": m - 2 * sd,
+            rows.append({"layer": layer, "variant": variant, "labels": "shuffled", "accuracy": m, "acc_lo": m - 2 * sd,
                          "acc_hi": m + 2 * sd, "macro_f1": fm, "f1_lo": fm - 2 * fsd, "f1_hi": fm + 2 * fsd})
-    return pd.DataFrame(rows, columns=["layer", "variant", "accuracy", "acc_lo", "acc_hi", "macro_f1", "f1_lo",
-                                       "f1_hi"])
+    return pd.DataFrame(rows, columns=["layer", "variant", "labels", "accuracy", "acc_lo", "acc_hi", "macro_f1",
+                                       "f1_lo", "f1_hi"])
 
 
 def fit_probe(x, y, *, C: float = 1.0, max_iter: int = MAX_ITER, pca: int | None = None, seed: int = 0) -> Pipeline:
@@ -260,7 +293,8 @@ def fit_probe(x, y, *, C: float = 1.0, max_iter: int = MAX_ITER, pca: int | None
     >>> fit_probe([[0.0], [1.0], [0.1], [0.9]], ["anger", "neutral"] * 2).predict([[0.05]]).tolist()
     ['anger']
     """
-    return make_probe(C=C, max_iter=max_iter, pca=pca, seed=seed).fit(np.asarray(x), np.asarray(y))
+    with threadpool_limits(limits=1):
+        return make_probe(C=C, max_iter=max_iter, pca=pca, seed=seed).fit(np.asarray(x), np.asarray(y))
 
 
 def transfer_eval(pipeline, x_test, y_test, labels=EMOTIONS) -> dict:
