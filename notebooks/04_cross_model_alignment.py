@@ -1,0 +1,208 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (emotion-circuits)
+#     language: python
+#     name: emotion-circuits
+# ---
+
+# %% [markdown]
+# # 04 Cross-model alignment
+#
+# **Question.** Do two models with different tokenizers, widths and depths represent our emotion
+# sentences alike, and which of their layers correspond?
+#
+# **Inputs.** Phase 02's stores (`activations_run`) of the sentence-end residual stream after every
+# block for each model in `models` and `control_models` (random weights) on `profiles`; rows are
+# paired by text id (each model tokenises the text its own way, so comparison is per sentence).
+# With `activations_run` empty (smoke runs) small stores are extracted here.
+#
+# **Outputs.** `cka.csv` (every layer pair, kind and model pair, with permutation nulls),
+# `best_matches.csv`, `procrustes.csv`, `aligned_angles.csv`, `layer_matching.csv`.
+#
+# **Measures.** Linear CKA (Kornblith et al. 2019); debiased CKA (unbiased HSIC; near 0 for
+# unrelated data, where plain CKA is biased upwards at small n); RBF CKA (bandwidth 0.8 x median
+# distance). Each linear and debiased value gets a permutation null (texts shuffled on one side)
+# and a p-value. Orthogonal Procrustes distance: 0 when one representation is a rotation of the
+# other (after centring and scaling), up to 2.
+
+# %% tags=["parameters"]
+models = ["tiny-gpt2", "tiny-llama"]
+control_models = ["random:tiny-gpt2"]
+profiles = ["baseline", "extended"]
+activations_run = ""
+site = "hook_resid_post"
+reduction = "sentence_end"
+kinds = ["linear", "debiased", "rbf"]
+n_texts = 2000
+n_perm = 200
+subspace_k = 4
+max_per_emotion = 20
+seed = 0
+output_dir = ""
+
+# %%
+import itertools
+import time
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+from IPython.display import Markdown, display
+
+from lib.activations import obtain_stores
+from lib.alignment import aligned_subspace_angles, best_matches, cka_tables, paired_sample, procrustes_table
+from lib.cka import layer_matching_accuracy
+from lib.layerwise import load_layers
+from lib.plots import setup_plotly
+from lib.provenance import save_summary
+from lib.results import prepare_output_dir, provenance_markdown
+
+setup_plotly()
+out = prepare_output_dir(output_dir)
+everyone = models + control_models
+stores = obtain_stores(everyone, profiles, activations_run, out, max_per_emotion=max_per_emotion, seed=seed,
+                       site=site)
+data = {m: load_layers([stores[m, p] for p in profiles], m, site, reduction) for m in everyone}
+pairs = list(itertools.combinations(models, 2)) + [(m, c) for m in models for c in control_models
+                                                   if c == f"random:{m}"]
+display(Markdown("Model pairs: " + "; ".join(f"{a} vs {b}" for a, b in pairs)))
+
+# %% [markdown]
+# ## CKA for every pair of layers
+# Texts: up to `n_texts` rows both models hold, stratified by emotion. Heatmaps show CKA;
+# pairs whose permutation p-value exceeds 0.05 are marked with a cross.
+
+# %%
+tables, timings = [], []
+for a, b in pairs:
+    pa, pb = paired_sample(data[a], data[b], n_texts, seed)
+    t0 = time.perf_counter()
+    t = cka_tables(pa, pb, kinds, n_perm=n_perm, seed=seed)
+    timings.append({"pair": f"{a} vs {b}", "texts": len(pa.labels), "layer_pairs": len(pa.layers) * len(pb.layers),
+                    "seconds": round(time.perf_counter() - t0, 1)})
+    tables.append(t.assign(model_a=a, model_b=b, n_texts=len(pa.labels)))
+cka = pd.concat(tables, ignore_index=True)
+display(pd.DataFrame(timings))
+for a, b in pairs:
+    sub = cka[(cka["model_a"] == a) & (cka["model_b"] == b)]
+    mats = np.stack([sub[sub["kind"] == k].pivot(index="layer_a", columns="layer_b", values="cka").to_numpy()
+                     for k in kinds])
+    fig = px.imshow(mats, facet_col=0, origin="lower", zmin=0, zmax=1, color_continuous_scale="Viridis",
+                    labels={"x": f"{b} layer", "y": f"{a} layer", "color": "CKA"}, aspect="auto",
+                    title=f"CKA, {a} vs {b} ({sub['n_texts'].iloc[0]} texts); x: permutation p > 0.05")
+    fig.for_each_annotation(lambda an: an.update(text=kinds[int(an.text.split("=")[1])]))
+    for i, k in enumerate(kinds):
+        ns = sub[(sub["kind"] == k) & (sub["p_value"] > 0.05)]
+        if len(ns):
+            fig.add_scatter(x=ns["layer_b"], y=ns["layer_a"], mode="markers", marker_symbol="x", marker_color="white",
+                            marker_size=5, showlegend=False, row=1, col=i + 1)
+    fig.show()
+
+# %% [markdown]
+# ### Against the null
+# Observed CKA of each model pair's best-matching layers beside the permutation null (mean and
+# 95th percentile over shuffled texts).
+
+# %%
+best = pd.concat([best_matches(cka[(cka["model_a"] == a) & (cka["model_b"] == b)], len(data[a].layers),
+                               len(data[b].layers)).assign(model_a=a, model_b=b) for a, b in pairs], ignore_index=True)
+nulls = cka.merge(best[["model_a", "model_b", "kind", "layer_a", "layer_b"]])
+px.line(nulls.melt(id_vars=["model_a", "model_b", "kind", "layer_a"], value_vars=["cka", "null_mean", "null_q95"]),
+        x="layer_a", y="value", color="variable", line_dash="kind", facet_col="model_b", facet_row="model_a",
+        markers=True, title="Best-match CKA per layer of model A, beside its permutation null").show()
+
+# %% [markdown]
+# ## Which layers correspond
+# For each layer of model A, the layer of model B with the highest CKA, both as relative depth
+# ((layer + 0.5) / layers). The diagonal is "same relative depth".
+
+# %%
+fig = px.line(best, x="depth_a", y="depth_b", color="kind", facet_col="model_b", facet_row="model_a", markers=True,
+              hover_data=["layer_a", "layer_b", "cka", "p_value"], title="Best-matching layer by relative depth")
+fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line_dash="dot", row="all", col="all").show()
+
+# %% [markdown]
+# ### Layer-matching sanity check (Kornblith et al. 2019, in spirit)
+# Each model against itself on two disjoint random halves of the texts: a layer's CKA profile
+# against all layers on one half should pick the same layer on the other half. Accuracy is the
+# share of layers that pick themselves; a similarity index that cannot do this cannot be trusted
+# to match layers across models.
+
+# %%
+matching = pd.DataFrame([{"model": m, "kind": k, "accuracy": layer_matching_accuracy(
+    paired_sample(data[m], data[m], n_texts, seed)[0].xs, k, seed)[0]} for m in everyone for k in kinds])
+px.bar(matching, x="model", y="accuracy", color="kind", barmode="group",
+       title="Layer-matching accuracy on disjoint halves").update_yaxes(range=[0, 1.05]).show()
+matching.pivot(index="model", columns="kind", values="accuracy").round(3)
+
+# %% [markdown]
+# ## Procrustes distances
+# For every layer pair of each model pair (same texts), the orthogonal Procrustes distance.
+
+# %%
+proc = pd.concat([procrustes_table(*paired_sample(data[a], data[b], n_texts, seed)).assign(model_a=a, model_b=b)
+                  for a, b in pairs], ignore_index=True)
+for a, b in pairs:
+    sub = proc[(proc["model_a"] == a) & (proc["model_b"] == b)]
+    px.imshow(sub.pivot(index="layer_a", columns="layer_b", values="procrustes"), origin="lower", aspect="auto",
+              color_continuous_scale="Magma_r", labels={"x": f"{b} layer", "y": f"{a} layer", "color": "distance"},
+              title=f"Orthogonal Procrustes distance, {a} vs {b}").show()
+
+# %% [markdown]
+# ## Emotion subspaces after alignment
+# At each model pair's best-matching linear-CKA layers (the pair of highest CKA), model A's
+# emotion subspaces (k = `subspace_k`) carried into model B's space by the Procrustes map, against
+# model B's own: mean principal angle in degrees, beside random k-dim subspaces of B's width.
+
+# %%
+angles = []
+for a, b in pairs:
+    sub = best[(best["model_a"] == a) & (best["model_b"] == b) & (best["kind"] == "linear")]
+    top = sub.loc[sub["cka"].idxmax()]
+    pa, pb = paired_sample(data[a], data[b], n_texts, seed)
+    angles.append(aligned_subspace_angles(pa, pb, int(top["layer_a"]), int(top["layer_b"]), k=subspace_k,
+                                          seed=seed).assign(model_a=a, model_b=b, layer_a=int(top["layer_a"]),
+                                                            layer_b=int(top["layer_b"])))
+angles = pd.concat(angles, ignore_index=True)
+fig = px.bar(angles, x="subspace", y="mean_angle", color="model_b", barmode="group", facet_col="model_a",
+             hover_data=["layer_a", "layer_b", "min_angle", "max_angle"],
+             title="Mean principal angle after Procrustes alignment (dotted: random subspaces)")
+fig.add_hline(y=float(angles["null_mean_angle"].mean()), line_dash="dot").update_yaxes(range=[0, 90]).show()
+
+# %% [markdown]
+# ## Save
+
+# %%
+cka.to_csv(out / "cka.csv", index=False)
+best.to_csv(out / "best_matches.csv", index=False)
+proc.to_csv(out / "procrustes.csv", index=False)
+angles.to_csv(out / "aligned_angles.csv", index=False)
+matching.to_csv(out / "layer_matching.csv", index=False)
+pd.DataFrame(timings).to_csv(out / "timings.csv", index=False)
+lines = []
+for a, b in pairs:
+    for k in ("linear", "debiased"):
+        sub = best[(best["model_a"] == a) & (best["model_b"] == b) & (best["kind"] == k)]
+        top = sub.loc[sub["cka"].idxmax()]
+        lines.append(f"{a} L{int(top['layer_a'])} ~ {b} L{int(top['layer_b'])}: {k} CKA {top['cka']:.3f} "
+                     f"(p {top['p_value']:.3g})")
+summary = "; ".join(lines)
+save_summary(out, summary=summary, models=[stores[m, profiles[0]].manifest["identity"] for m in everyone])
+display(Markdown(f"**Summary.** {summary}"))
+display(Markdown(provenance_markdown()))
+
+# %%
+assert cka["cka"].between(-0.2, 1 + 1e-6).all()
+assert cka.loc[cka["kind"] != "debiased", "cka"].between(0, 1 + 1e-6).all()
+assert cka["p_value"].dropna().between(0, 1).all()
+assert proc["procrustes"].between(0, 2 + 1e-6).all()
+assert matching["accuracy"].between(0, 1).all()
