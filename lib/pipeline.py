@@ -63,9 +63,11 @@ def check_values(stem: str, params: dict) -> None:
     from lib.params import ParamsError
 
     try:
-        for name in params.get("models", []):
-            check_available(resolve_spec(name))
-        for spec in params.get("profiles", []):
+        for name in [*params.get("models", []), *params.get("control_models", [])]:
+            spec = resolve_spec(name)
+            check_available(resolve_spec(spec.source) if spec.kind == "random" else spec)
+        profile_keys = ("profiles", "fit_profiles", "transfer_profiles", "control_profiles")
+        for spec in [s for key in profile_keys for s in params.get(key, [])]:
             profile, _, split = spec.partition(":")
             if profile not in PROFILES or (split and (profile != "goemotions" or split not in ("train", "dev"))):
                 raise ValueError(f"unknown profile {spec!r}; valid: {list(PROFILES)}, or goemotions:train / "

@@ -98,6 +98,23 @@ def test_shared_values_are_checked_before_running():
         PL.check_values("01_dataset", {"profiles": ["goemotion"]})
     with pytest.raises(ParamsError, match=r"dtype 'fp16' is not one of"):
         PL.check_values("00_models", {"dtype": "fp16"})
+    with pytest.raises(ParamsError, match=r"unknown model 'gemma'"):
+        PL.check_values("03_emotion_vectors", {"control_models": ["random:gemma"]})
+    with pytest.raises(ParamsError, match=r"unknown profile 'extnded'"):
+        PL.check_values("03_emotion_vectors", {"fit_profiles": ["baseline", "extnded"]})
+    PL.check_values("03_emotion_vectors", {"models": ["tiny-gpt2"], "control_models": ["random:tiny-gpt2"],
+                                           "transfer_profiles": ["goemotions:train", "goemotions:dev"]})
+
+
+def test_random_control_of_an_uncached_hub_model_is_refused_offline(monkeypatch, tmp_path):
+    from lib.params import ParamsError
+
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ParamsError, match=r"not in the local Hugging Face cache"):
+        PL.check_values("02_activations", {"control_models": ["random:gpt2"]})
 
 
 def test_interrupted_swaps_are_recovered(project):
