@@ -146,8 +146,8 @@ def _throughput(lm, df, encs, n_tokens, tmp, a) -> None:
     print(f"(b) seed's way          {n_tokens / tb:8.0f} tokens/s  ({tb:.1f} s, {b_bytes / 1e9:.2f} GB pickle)")
     print(f"(c) ours, default sites {n_tokens / tc:8.0f} tokens/s  ({tc:.1f} s, {manifest['bytes'] / 1e9:.2f} GB store, "
           f"float16 worst relative error {manifest['float16_worst_relative_error']:.1e})")
-    print(f"c/a = {ta / tc:.2f}   (target >= 0.9)")
-    print(f"c/b = {tb / tc:.2f}   (target >= 1.5)")
+    print(f"c/a = {ta / tc:.3f}   (target >= 0.9)")
+    print(f"c/b = {tb / tc:.3f}   (target >= 1.5)")
     print(f"bytes of c's resid_pre + resid_post / bytes of b = {c_bytes / b_bytes:.3f}   (target <= 0.3)")
     shutil.rmtree(tmp / "store")
 

@@ -48,8 +48,8 @@ methods = ["mean_vs_neutral", "mean_vs_rest", "pca"]
 readings = ["sentence_end", "span", "mean"]
 n_splits = 5
 shuffled_repeats = 1
-var_threshold = 0.9
-max_k = 32
+var_threshold = 0.5
+max_k = 64
 stability_splits = 5
 max_per_emotion = 20
 seed = 0
@@ -88,8 +88,8 @@ display(Markdown(f"Rows for fitting: {len(fit_data[models[0]].labels)} "
 # ## Probes by layer, with their controls
 # A multinomial logistic regression (standardised features, L2, C = 1) on the sentence-end
 # residual stream of each layer, 5-fold cross-validated with folds that keep near-identical texts
-# in one fold. Bands are 95% bootstrap intervals over the out-of-fold predictions; the shuffled
-# band is the mean +- 2 sd over label permutations. Chance is 0.25 for four balanced classes.
+# in one fold. Error bars are 95% bootstrap intervals over the out-of-fold predictions; the
+# shuffled-label bars are the mean +- 2 sd over label permutations. Chance is 0.25 for four balanced classes.
 
 # %%
 curves = pd.concat([probe_curves(fit_data[m], fit_data[c], shuffled_repeats=shuffled_repeats, n_splits=n_splits,
@@ -99,7 +99,8 @@ fig = px.line(curves, x="layer", y="accuracy", color="variant", facet_col="model
               error_y=curves["acc_hi"] - curves["accuracy"], error_y_minus=curves["accuracy"] - curves["acc_lo"],
               title="Probe accuracy by layer (95% CI), with shuffled-label and random-weight controls",
               color_discrete_map={"probe": "#1f77b4", "shuffled labels": "#7f7f7f", "random weights": "#ff7f0e"})
-fig.add_hline(y=0.25, line_dash="dot", annotation_text="chance").update_yaxes(range=[0, 1.02]).show()
+fig.add_hline(y=0.25, line_dash="dot", annotation_text="chance").update_yaxes(range=[0, 1.02]).update_xaxes(
+    matches=None).show()
 
 best = {m: best_layer(curves[curves["model"] == m]) for m in models}
 at_best = curves[curves.apply(lambda r: r["model"] in best and r["layer"] == best[r["model"]], axis=1)]
@@ -127,7 +128,7 @@ for m in models:
 transfer = pd.concat(transfer_rows, ignore_index=True)
 px.line(transfer, x="layer", y="macro_f1", color="direction", facet_col="model", markers=True,
         title="Transfer between authored text and GoEmotions: macro-F1 by layer").add_hline(
-    y=0.25, line_dash="dot").update_yaxes(range=[0, 1.02]).show()
+    y=0.25, line_dash="dot").update_yaxes(range=[0, 1.02]).update_xaxes(matches=None).show()
 per_class = pd.concat(per_class, ignore_index=True)
 display(Markdown("Per class, at each model's best cross-validated layer (authored -> GoEmotions dev):"))
 per_class.round(3)
@@ -178,7 +179,7 @@ sub = proj[(proj["method"] == "mean_vs_neutral") & (proj["reading"] == "sentence
 px.line(sub, x="layer", y="mean", color="emotion", facet_col="direction_emotion", facet_row="model", markers=True,
         error_y=sub["ci_high"] - sub["mean"], color_discrete_map=EMOTION_COLORS, height=320 * len(models),
         title="Projection of each emotion onto each emotion's direction (sentence end, mean_vs_neutral)").update_yaxes(
-    matches=None).show()
+    matches=None).update_xaxes(matches=None).show()
 
 # %% [markdown]
 # ### Agreement between methods and readings
@@ -194,7 +195,7 @@ for (m, reading), (ld, by_layer) in dirs.items():
 agree = pd.DataFrame(agree)
 px.line(agree[agree["method"] != "mean_vs_neutral"].groupby(["model", "reading", "layer", "method"], as_index=False)[
     "cosine"].mean(), x="layer", y="cosine", color="method", line_dash="reading", facet_col="model",
-        title="Cosine with mean_vs_neutral, averaged over emotions").show()
+        title="Cosine with mean_vs_neutral, averaged over emotions").update_xaxes(matches=None).show()
 
 # %% [markdown]
 # ## Subspaces
@@ -230,7 +231,7 @@ for i, m in enumerate(models):
     null = stab[(stab["model"] == m) & (stab["subspace"] == "joint")].groupby("layer")["null_mean_angle"].mean()
     fig.add_scatter(x=null.index, y=null.values, mode="lines", line_dash="dot", line_color="grey",
                     name="random subspaces", showlegend=i == 0, row=1, col=i + 1)
-fig.update_yaxes(range=[0, 90]).show()
+fig.update_yaxes(range=[0, 90]).update_xaxes(matches=None).show()
 
 # %% [markdown]
 # ## Save

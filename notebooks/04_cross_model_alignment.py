@@ -114,11 +114,15 @@ for a, b in pairs:
 
 # %%
 best = pd.concat([best_matches(cka[(cka["model_a"] == a) & (cka["model_b"] == b)], len(data[a].layers),
-                               len(data[b].layers)).assign(model_a=a, model_b=b) for a, b in pairs], ignore_index=True)
-nulls = cka.merge(best[["model_a", "model_b", "kind", "layer_a", "layer_b"]])
-px.line(nulls.melt(id_vars=["model_a", "model_b", "kind", "layer_a"], value_vars=["cka", "null_mean", "null_q95"]),
-        x="layer_a", y="value", color="variable", line_dash="kind", facet_col="model_b", facet_row="model_a",
-        markers=True, title="Best-match CKA per layer of model A, beside its permutation null").show()
+                               len(data[b].layers)).assign(model_a=a, model_b=b, pair=f"{a} vs {b}") for a, b in pairs],
+                 ignore_index=True)
+nulls = cka.merge(best[["model_a", "model_b", "pair", "kind", "layer_a", "layer_b"]])
+nulls = nulls[nulls["kind"].isin(["linear", "debiased"])].melt(
+    id_vars=["pair", "kind", "layer_a"], value_vars=["cka", "null_mean", "null_q95"])
+px.line(nulls, x="layer_a", y="value", color="variable", line_dash="kind", facet_col="pair", markers=True,
+        labels={"layer_a": "layer of the first model"},
+        title="Best-match CKA per layer of the first model, beside its permutation null").update_xaxes(
+    matches=None).show()
 
 # %% [markdown]
 # ## Which layers correspond
@@ -126,8 +130,9 @@ px.line(nulls.melt(id_vars=["model_a", "model_b", "kind", "layer_a"], value_vars
 # ((layer + 0.5) / layers). The diagonal is "same relative depth".
 
 # %%
-fig = px.line(best, x="depth_a", y="depth_b", color="kind", facet_col="model_b", facet_row="model_a", markers=True,
-              hover_data=["layer_a", "layer_b", "cka", "p_value"], title="Best-matching layer by relative depth")
+fig = px.line(best, x="depth_a", y="depth_b", color="kind", facet_col="pair", markers=True,
+              hover_data=["layer_a", "layer_b", "cka", "p_value"], title="Best-matching layer by relative depth",
+              labels={"depth_a": "relative depth, first model", "depth_b": "relative depth, second model"})
 fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line_dash="dot", row="all", col="all").show()
 
 # %% [markdown]
@@ -173,7 +178,8 @@ for a, b in pairs:
                                           seed=seed).assign(model_a=a, model_b=b, layer_a=int(top["layer_a"]),
                                                             layer_b=int(top["layer_b"])))
 angles = pd.concat(angles, ignore_index=True)
-fig = px.bar(angles, x="subspace", y="mean_angle", color="model_b", barmode="group", facet_col="model_a",
+fig = px.bar(angles.assign(pair=angles["model_a"] + " vs " + angles["model_b"]), x="subspace", y="mean_angle",
+             color="pair", barmode="group",
              hover_data=["layer_a", "layer_b", "min_angle", "max_angle"],
              title="Mean principal angle after Procrustes alignment (dotted: random subspaces)")
 fig.add_hline(y=float(angles["null_mean_angle"].mean()), line_dash="dot").update_yaxes(range=[0, 90]).show()
