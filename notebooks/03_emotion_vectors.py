@@ -221,7 +221,7 @@ dims.groupby(["model", "subspace"])["k"].first().unstack()
 # %%
 stab = []
 for m in models:
-    ld_a, ld_b = (load_layers([stores[m, p]], m, site) for p in fit_profiles[:2])
+    ld_a, ld_b = (fit_data[m].subset((fit_data[m].labels["profile"] == p).to_numpy()) for p in fit_profiles[:2])
     stab.append(stability_by_layer(ld_a, ld_b, fit_data[m], var_threshold=var_threshold, max_k=max_k,
                                    n_splits=stability_splits, seed=seed).assign(model=m))
 stab = pd.concat(stab, ignore_index=True)

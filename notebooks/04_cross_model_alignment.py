@@ -74,6 +74,7 @@ stores = obtain_stores(everyone, profiles, activations_run, out, max_per_emotion
 data = {m: load_layers([stores[m, p] for p in profiles], m, site, reduction) for m in everyone}
 pairs = list(itertools.combinations(models, 2)) + [(m, c) for m in models for c in control_models
                                                    if c == f"random:{m}"]
+paired = {(a, b): paired_sample(data[a], data[b], n_texts, seed) for a, b in pairs}  # same texts, same order
 display(Markdown("Model pairs: " + "; ".join(f"{a} vs {b}" for a, b in pairs)))
 
 # %% [markdown]
@@ -84,7 +85,7 @@ display(Markdown("Model pairs: " + "; ".join(f"{a} vs {b}" for a, b in pairs)))
 # %%
 tables, timings = [], []
 for a, b in pairs:
-    pa, pb = paired_sample(data[a], data[b], n_texts, seed)
+    pa, pb = paired[a, b]
     t0 = time.perf_counter()
     t = cka_tables(pa, pb, kinds, n_perm=n_perm, seed=seed)
     timings.append({"pair": f"{a} vs {b}", "texts": len(pa.labels), "layer_pairs": len(pa.layers) * len(pb.layers),
@@ -154,7 +155,7 @@ matching.pivot(index="model", columns="kind", values="accuracy").round(3)
 # For every layer pair of each model pair (same texts), the orthogonal Procrustes distance.
 
 # %%
-proc = pd.concat([procrustes_table(*paired_sample(data[a], data[b], n_texts, seed)).assign(model_a=a, model_b=b)
+proc = pd.concat([procrustes_table(*paired[a, b]).assign(model_a=a, model_b=b)
                   for a, b in pairs], ignore_index=True)
 for a, b in pairs:
     sub = proc[(proc["model_a"] == a) & (proc["model_b"] == b)]
@@ -173,7 +174,7 @@ angles = []
 for a, b in pairs:
     sub = best[(best["model_a"] == a) & (best["model_b"] == b) & (best["kind"] == "linear")]
     top = sub.loc[sub["cka"].idxmax()]
-    pa, pb = paired_sample(data[a], data[b], n_texts, seed)
+    pa, pb = paired[a, b]
     angles.append(aligned_subspace_angles(pa, pb, int(top["layer_a"]), int(top["layer_b"]), k=subspace_k,
                                           seed=seed).assign(model_a=a, model_b=b, layer_a=int(top["layer_a"]),
                                                             layer_b=int(top["layer_b"])))
