@@ -35,23 +35,23 @@ def head_activity(lm, input_ids: torch.Tensor, span: torch.Tensor, direction: to
     n_layers, n_heads, d_head = _model_dims(hf)
     names = [f"blocks.{i}.attn.hook_{k}" for i in range(n_layers) for k in ("pattern", "z")]
     _, cache = lm.bridge.run_with_cache(input_ids, names_filter=names)
-    sp = span.to(torch.float32)
+    sp = span.to(device=input_ids.device, dtype=torch.float32)
     T = input_ids.shape[1]
-    causal_span = torch.tril(torch.ones(T, T))[None] * sp[:, None, :]  # [n, q, k]
+    causal_span = torch.tril(torch.ones(T, T, device=sp.device))[None] * sp[:, None, :]  # [n, q, k]
     out = {k: np.zeros((input_ids.shape[0], n_layers, n_heads)) for k in SCORES}
     d = None if direction is None else (direction / direction.norm()).float()
     for layer in range(n_layers):
         pat = cache[f"blocks.{layer}.attn.hook_pattern"].float()  # [n, H, q, k]
         z = cache[f"blocks.{layer}.attn.hook_z"].float()  # [n, T, H, dh]
-        out["attn_last"][:, layer] = (pat[:, :, -1, :] * sp[:, None, :]).sum(-1).numpy()
-        out["attn_all"][:, layer] = (pat * causal_span[:, None]).sum(-1).mean(-1).numpy()
+        out["attn_last"][:, layer] = (pat[:, :, -1, :] * sp[:, None, :]).sum(-1).cpu().numpy()
+        out["attn_all"][:, layer] = (pat * causal_span[:, None]).sum(-1).mean(-1).cpu().numpy()
         w = torch.stack([head_out_weight(hf, layer, h, d_head).detach().float() for h in range(n_heads)])  # [H, dh, D]
         res = torch.einsum("nthd,hdm->nthm", z, w)  # [n, T, H, D]
         norms = res.norm(dim=-1)
-        out["norm_last"][:, layer] = norms[:, -1].numpy()
-        out["norm_all"][:, layer] = norms.mean(1).numpy()
+        out["norm_last"][:, layer] = norms[:, -1].cpu().numpy()
+        out["norm_all"][:, layer] = norms.mean(1).cpu().numpy()
         if d is not None:
-            out["direct"][:, layer] = (res[:, -1] @ d).numpy()
+            out["direct"][:, layer] = (res[:, -1] @ d.to(res.device)).cpu().numpy()
     if d is None:
         del out["direct"]
     return out
@@ -113,5 +113,5 @@ def attribution_patching(hf, target_ids: torch.Tensor, source_z: list[torch.Tens
         if positions == "last":
             delta, grad = delta[:, -1:], grad[:, -1:]
         # grad is of the mean over prompts (it carries 1/n): the sum over prompts is the mean attribution
-        out[layer] = ((delta * grad).sum((1, 3)).sum(0)).numpy()
+        out[layer] = ((delta * grad).sum((1, 3)).sum(0)).cpu().numpy()
     return out
