@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lib.head_sweep import Readout, _model_dims, readout_metrics
-from lib.heads import arch_of, get_path, intervention, run_with_z_hooks
+from lib.heads import arch_of, get_path, head_hooks, run_with_hooks_cached
 
 __all__ = ["set_metrics", "generate", "random_head_sets", "rank_heads"]
 
@@ -21,11 +21,11 @@ def set_metrics(lm, input_ids: torch.Tensor, readout: Readout, heads, mode: str 
                 mean_z=None, source_z=None) -> dict[str, np.ndarray]:
     """Readout metrics per prompt with ``heads`` intervened on together (``mode=None``: clean run)."""
     n, T = input_ids.shape
-    fns = {} if mode is None or not heads else intervention(
+    hooks = [] if mode is None or not heads else head_hooks(
         list(heads), mode, positions=positions, last_index=torch.full((n,), T - 1), mean_z=mean_z,
         source_z=source_z)
     name = f"blocks.{readout.layer}.hook_resid_post"
-    logits, cache = run_with_z_hooks(lm, input_ids, None, fns, [name])
+    logits, cache = run_with_hooks_cached(lm, input_ids, None, hooks, [name])
     res = readout_metrics(cache[name][:, -1], logits[:, -1], readout)
     return {k: v.cpu().numpy() for k, v in res.items()}
 

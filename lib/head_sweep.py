@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lib.heads import arch_of, get_path, intervention, run_with_z_hooks
+from lib.heads import arch_of, get_path, head_hooks, run_with_hooks_cached
 
 __all__ = ["Readout", "readout_from_probe", "continuation_ids", "CleanState", "clean_state", "readout_metrics",
            "sweep_fast", "sweep_naive"]
@@ -305,9 +305,9 @@ def sweep_naive(lm, input_ids: torch.Tensor, readout: Readout, mode: str, positi
     for layer in layers:
         per_head: dict[str, list] = {}
         for head in range(n_heads):
-            fns = intervention([(layer, head)], mode, positions=positions, last_index=last, mean_z=mean_z,
+            hooks = head_hooks([(layer, head)], mode, positions=positions, last_index=last, mean_z=mean_z,
                                source_z=source_z)
-            logits, cache = run_with_z_hooks(lm, input_ids, None, fns, names)
+            logits, cache = run_with_hooks_cached(lm, input_ids, None, hooks, names)
             res = readout_metrics(_probe_resid_from_cache(cache, readout), logits[:, -1], readout)
             for k, v in res.items():
                 per_head.setdefault(k, []).append(v.cpu().numpy())

@@ -15,12 +15,13 @@ SmolLM2 has 9 over 3 key-value heads, Gemma 3 270M 4 over 1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable
 
 import torch
 
-__all__ = ["MODES", "HeadArch", "arch_of", "parse_heads", "format_heads", "head_out_weight",
-           "z_hooks", "run_with_z_hooks"]
+__all__ = ["MODES", "HeadArch", "arch_of", "parse_heads", "format_heads", "head_out_weight", "ablate_head_hook",
+           "patch_head_hook", "head_hooks", "run_with_hooks_cached"]
 
 MODES = ("zero", "mean", "patch")
 
@@ -109,31 +110,63 @@ def head_out_weight(hf_model, layer: int, head: int, d_head: int) -> torch.Tenso
     return mod.weight[sl, :] if arch.conv1d else mod.weight[:, sl].T
 
 
-def z_hooks(layer_values: dict[int, Callable]) -> list[tuple[str, Callable]]:
-    """Bridge hooks on ``blocks.L.attn.hook_z`` from per-layer functions ``fn(z) -> z`` (z [b, pos, head, d_head])."""
-    def wrap(fn):
-        def hook(z, hook):
-            return fn(z)
-        return hook
-    return [(f"blocks.{layer}.attn.hook_z", wrap(fn)) for layer, fn in sorted(layer_values.items())]
+def _positions(z: torch.Tensor, positions: str, last_index) -> tuple:
+    """Index of the edited positions of z [b, pos, head, d_head]: every position, or each row's last token."""
+    if positions == "all":
+        return (slice(None), slice(None))
+    rows = torch.arange(z.shape[0], device=z.device)
+    return (rows, torch.as_tensor(last_index, device=z.device))
 
 
-def intervention(heads: list[tuple[int, int]], mode: str, *, positions: str = "all", last_index=None,
-                 mean_z: dict[int, torch.Tensor] | None = None,
-                 source_z: dict[int, torch.Tensor] | None = None) -> dict[int, Callable]:
-    """Per layer, a function that edits z [b, pos, head, d_head] for ``heads``:
+def ablate_head_hook(z: torch.Tensor, hook, *, heads: list[int], value: torch.Tensor | None = None,
+                     positions: str = "all", last_index=None) -> torch.Tensor:
+    """z [batch, pos, head, d_head] with ``heads`` set to ``value`` [head, d_head] (mean ablation) or 0."""
+    z = z.clone()
+    where = _positions(z, positions, last_index)
+    for h in heads:
+        z[(*where, h)] = 0.0 if value is None else value[h].to(z)
+    return z
+
+
+def patch_head_hook(z: torch.Tensor, hook, *, heads: list[int], source: torch.Tensor, positions: str = "all",
+                    last_index=None) -> torch.Tensor:
+    """z [batch, pos, head, d_head] with ``heads`` copied from ``source`` [batch, pos', head, d_head] (the same
+    heads on other prompts): every position (pos' = pos), or the last token from the source's last token."""
+    source = source.to(z)
+    if source.shape[0] != z.shape[0] or (positions == "all" and source.shape[1] != z.shape[1]):
+        raise ValueError(f"patch source of shape {tuple(source.shape[:2])} does not fit target {tuple(z.shape[:2])} "
+                         f"(batch, pos): pair prompts one to one, of equal token length to patch all positions")
+    z = z.clone()
+    rows = torch.arange(z.shape[0], device=z.device)
+    for h in heads:
+        if positions == "all":
+            z[:, :, h] = source[:, :, h]
+        else:
+            z[rows, torch.as_tensor(last_index, device=z.device), h] = source[:, -1, h]
+    return z
+
+
+def head_hooks(heads: list[tuple[int, int]], mode: str, *, positions: str = "all", last_index=None,
+               mean_z: dict[int, torch.Tensor] | None = None,
+               source_z: dict[int, torch.Tensor] | None = None) -> list[tuple[str, Callable]]:
+    """Hooks on ``blocks.L.attn.hook_z`` that intervene on ``heads`` [(layer, head)]:
 
     - ``zero``: the head's output is zero;
     - ``mean``: replaced by ``mean_z[layer][head]`` (its mean over a reference set of prompts and positions);
-    - ``patch``: replaced by ``source_z[layer]`` [b, pos, head, d_head], the same head's z on other prompts
-      (same length when ``positions="all"``; at the last position only the source's last row is read).
+    - ``patch``: replaced by ``source_z[layer]`` [b, pos, head, d_head], the same head's z on paired prompts
+      (same length when ``positions="all"``; at the last position the source's last token is read).
 
-    ``positions``: ``"all"`` or ``"last"`` (the last real token of each row, ``last_index`` [b]).
+    ``positions``: ``"all"`` or ``"last"`` (each row's last real token, ``last_index`` [b]).
+
+    >>> [name for name, _ in head_hooks([(2, 0), (0, 1), (2, 3)], "zero")]
+    ['blocks.0.attn.hook_z', 'blocks.2.attn.hook_z']
     """
     if mode not in MODES:
         raise ValueError(f"unknown intervention mode {mode!r}; valid: {list(MODES)}")
     if positions not in ("all", "last"):
         raise ValueError(f"positions must be 'all' or 'last', got {positions!r}")
+    if positions == "last" and last_index is None:
+        raise ValueError("positions='last' needs last_index (each row's last real token)")
     if mode == "mean" and mean_z is None:
         raise ValueError("mode 'mean' needs mean_z (per layer [head, d_head])")
     if mode == "patch" and source_z is None:
@@ -141,42 +174,21 @@ def intervention(heads: list[tuple[int, int]], mode: str, *, positions: str = "a
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
-
-    def make(layer, hs):
-        def fn(z):
-            z = z.clone()
-            rows = torch.arange(z.shape[0], device=z.device)
-            for h in hs:
-                if mode == "zero":
-                    new = torch.zeros_like(z[:, :, h])
-                elif mode == "mean":
-                    new = mean_z[layer][h].to(z).expand_as(z[:, :, h])
-                else:
-                    src = source_z[layer].to(z)
-                    if positions == "all" and src.shape[:2] != z.shape[:2]:
-                        raise ValueError(f"patching all positions needs sources of the same shape: {tuple(src.shape[:2])} "
-                                         f"vs {tuple(z.shape[:2])} (pair prompts of equal token length)")
-                    new = src[:, :, h] if positions == "all" else None
-                if positions == "all":
-                    z[:, :, h] = new
-                else:
-                    last = torch.as_tensor(last_index, device=z.device)
-                    if mode == "patch":
-                        src_last = torch.as_tensor(last_index if src.shape[1] == z.shape[1] else
-                                                   [src.shape[1] - 1] * len(rows), device=z.device)
-                        z[rows, last, h] = src[rows, src_last, h]
-                    else:
-                        z[rows, last, h] = new[rows, last]
-            return z
-        return fn
-
-    return {layer: make(layer, hs) for layer, hs in by_layer.items()}
+    hooks = []
+    for layer, hs in sorted(by_layer.items()):
+        if mode == "patch":
+            fn = partial(patch_head_hook, heads=hs, source=source_z[layer], positions=positions, last_index=last_index)
+        else:
+            fn = partial(ablate_head_hook, heads=hs, value=None if mode == "zero" else mean_z[layer],
+                         positions=positions, last_index=last_index)
+        hooks.append((f"blocks.{layer}.attn.hook_z", fn))
+    return hooks
 
 
-def run_with_z_hooks(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                     fns: dict[int, Callable], names: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Bridge forward with ``fns`` applied on ``attn.hook_z``: (logits, cache of ``names``)."""
+def run_with_hooks_cached(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                          hooks: list[tuple[str, Callable]], names: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bridge forward with ``hooks`` (e.g. from ``head_hooks``): (logits, cache of ``names``)."""
     bridge = lm.bridge
-    with torch.inference_mode(), bridge.hooks(fwd_hooks=z_hooks(fns)):
+    with torch.inference_mode(), bridge.hooks(fwd_hooks=list(hooks)):
         logits, cache = bridge.run_with_cache(input_ids, attention_mask=attention_mask, names_filter=list(names))
     return logits, {k: cache[k] for k in names}

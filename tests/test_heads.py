@@ -13,7 +13,7 @@ from lib.head_effects import generate, random_head_sets, rank_heads, set_metrics
 from lib.head_phase import choose_prompts
 from lib.head_scores import SCORES, attribution_patching, head_activity, screening_scores
 from lib.head_sweep import Readout, clean_state, readout_metrics, sweep_fast, sweep_naive
-from lib.heads import intervention, parse_heads, run_with_z_hooks
+from lib.heads import head_hooks, parse_heads, run_with_hooks_cached
 from lib.models import load_model
 from lib.tiny import build_tiny_model
 
@@ -75,7 +75,7 @@ def test_ablation_equals_hand_hook_on_hugging_face_model(tiny, mode):
     handle.remove()
     with torch.no_grad():
         clean = hf(ids).logits
-    got, _ = run_with_z_hooks(tiny, ids, None, intervention([(layer, head)], mode, mean_z=mean_z), [])
+    got, _ = run_with_hooks_cached(tiny, ids, None, head_hooks([(layer, head)], mode, mean_z=mean_z), [])
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     assert (want - clean).abs().max() > 1e-3  # the intervention does something
 
@@ -85,17 +85,17 @@ def test_patching_every_head_of_a_layer_copies_the_attention_output(tiny):
     a, b = ids[:1], ids[1:]
     layer = 1
     names = [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out"]
-    _, ca = run_with_z_hooks(tiny, a, None, {}, names)
-    _, cb = run_with_z_hooks(tiny, b, None, {}, names)
+    _, ca = run_with_hooks_cached(tiny, a, None, [], names)
+    _, cb = run_with_hooks_cached(tiny, b, None, [], names)
     heads = [(layer, h) for h in range(tiny.cfg.n_heads)]
-    fns = intervention(heads, "patch", source_z={layer: ca[names[0]]})
-    _, patched = run_with_z_hooks(tiny, b, None, fns, names)
+    fns = head_hooks(heads, "patch", source_z={layer: ca[names[0]]})
+    _, patched = run_with_hooks_cached(tiny, b, None, fns, names)
     assert torch.allclose(patched[names[1]], ca[names[1]], atol=1e-5)
     assert not torch.allclose(cb[names[1]], ca[names[1]], atol=1e-3)
     # one head only at the last position: the other positions keep B's output
-    fns = intervention([(layer, 0)], "patch", positions="last", last_index=torch.tensor([b.shape[1] - 1]),
+    fns = head_hooks([(layer, 0)], "patch", positions="last", last_index=torch.tensor([b.shape[1] - 1]),
                        source_z={layer: ca[names[0]]})
-    _, one = run_with_z_hooks(tiny, b, None, fns, names)
+    _, one = run_with_hooks_cached(tiny, b, None, fns, names)
     assert torch.allclose(one[names[1]][:, :-1], cb[names[1]][:, :-1], atol=1e-6)
 
 
@@ -116,7 +116,7 @@ def test_fast_sweep_equals_naive(tiny, readout_layer):
             changed = np.abs(fast["probs"] - st.metrics["probs"].numpy()[None, None]).max()
             assert changed > 1e-4
     # the clean state's readout is the readout of a plain full forward
-    logits, cache = run_with_z_hooks(tiny, ids, None, {}, [f"blocks.{ro.layer}.hook_resid_post"])
+    logits, cache = run_with_hooks_cached(tiny, ids, None, [], [f"blocks.{ro.layer}.hook_resid_post"])
     ref = readout_metrics(cache[f"blocks.{ro.layer}.hook_resid_post"][:, -1], logits[:, -1], ro)
     for k in ref:
         assert torch.allclose(ref[k], st.metrics[k], atol=1e-5)
@@ -249,3 +249,17 @@ def test_choose_prompts_pairs_equal_lengths():
     assert pr.emo_span.shape == pr.emo_ids.shape and pr.emo_span.any()
     with pytest.raises(ValueError, match="no token length has 2 anger"):
         choose_prompts(lm.encoder, df.assign(emotion=df["emotion"].replace("gratitude", "anger")).iloc[:1], "anger", 2)
+
+
+def test_hook_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown intervention mode 'drop'"):
+        head_hooks([(0, 0)], "drop")
+    with pytest.raises(ValueError, match="needs mean_z"):
+        head_hooks([(0, 0)], "mean")
+    with pytest.raises(ValueError, match="needs last_index"):
+        head_hooks([(0, 0)], "zero", positions="last")
+    (_, hook), = head_hooks([(0, 1)], "patch", source_z={0: torch.zeros(2, 5, 4, 3)})
+    with pytest.raises(ValueError, match=r"does not fit target \(2, 6\)"):
+        hook(torch.ones(2, 6, 4, 3), None)
+    z = hook(torch.ones(2, 5, 4, 3), None)
+    assert z[:, :, 1].abs().sum() == 0 and z[:, :, [0, 2, 3]].eq(1).all()
