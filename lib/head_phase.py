@@ -21,7 +21,7 @@ from lib.head_sweep import Readout, clean_state, sweep_fast
 from lib.heads import format_heads
 from lib.text_metrics import keyword_counts, mean_ci, paired_difference, permutation_p, vader_compound
 
-__all__ = ["Prompts", "choose_prompts", "sweep_frame", "analyse_emotion"]
+__all__ = ["Prompts", "choose_prompts", "sweep_frame", "analyse_emotion", "head_set_effects"]
 
 
 @dataclass
@@ -214,3 +214,32 @@ def analyse_emotion(lm, readout: Readout, direction: np.ndarray | None, prompts:
             "attribution_spearman": pd.DataFrame([{"positions": p, "spearman": s, **tag} for p, s in attr_s.items()]),
             "timings": pd.DataFrame([{"step": k, "seconds": v, **tag} for k, v in timings.items()]),
             "prompts": prompts.rows.assign(T=prompts.T, model=model, prompt_emotion=emotion)}
+
+
+def head_set_effects(lm, readout: Readout, prompts: Prompts, heads_spec: str, lexicon, *, n_gen_tokens: int = 20,
+                     seed: int = 0) -> pd.DataFrame:
+    """A chosen head set (``"L:H,L:H"``) zero- and mean-ablated on the emotion prompts: the probe's emotion
+    probability, the continuation log-probability and generated-text scores, each with a 95% bootstrap
+    interval, against the clean run."""
+    from lib.heads import parse_heads
+
+    heads = parse_heads(heads_spec, n_layers=lm.cfg.n_layers, n_heads=lm.cfg.n_heads, model_name=lm.name)
+    emotion = prompts.emotion
+    ci, ei = _class_index(readout, emotion), list(readout.continuations).index(emotion)
+    se, sn = clean_state(lm.bridge.original_model, prompts.emo_ids, readout), \
+        clean_state(lm.bridge.original_model, prompts.neu_ids, readout)
+    mean_z = {layer: torch.cat([se.z[layer], sn.z[layer]]).mean((0, 1)) for layer in range(len(se.z))}
+    rows, base = [], None
+    for mode in (None, "zero", "mean"):
+        m = set_metrics(lm, prompts.emo_ids, readout, heads, mode, mean_z=mean_z)
+        texts = generate(lm, prompts.emo_ids, n_tokens=n_gen_tokens, seed=seed, heads=heads, mode=mode, mean_z=mean_z)
+        vad, kw = _gen_scores(texts, lexicon, emotion)
+        cur = {"probe_prob": m["probs"][:, ci], "logprob": m["logprob"][:, ei], "vader": vad, "keywords": kw}
+        base = cur if mode is None else base
+        row = {"model": lm.name, "emotion": emotion, "heads": format_heads(heads), "ablation": mode or "none"}
+        for k, v in cur.items():
+            mc, dc = mean_ci(v, seed=seed), paired_difference(base[k], v, seed=seed)
+            row.update({k: mc["mean"], f"{k}_change": dc["mean"], f"{k}_change_lo": dc["ci_low"],
+                        f"{k}_change_hi": dc["ci_high"]})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -29,7 +29,7 @@
 #
 # **Outputs.** `screening.csv`, `sweeps.csv` (every head, exact), `attribution.csv`,
 # `top_heads.csv`, `topk_curve.csv`, `generations.csv`, `generation_summary.csv`,
-# `permutation.csv`, `prompts.csv`, `timings.csv`.
+# `permutation.csv`, `prompts.csv`, `timings.csv`, and `head_set.csv` for the head set `heads`.
 #
 # **Definitions** (emotion minus neutral, means over prompts; A = the head's attention pattern,
 # z_h its output before the output projection W_O, d the unit mean-vs-neutral emotion direction):
@@ -59,6 +59,7 @@ ks = [1, 2, 4]
 n_random = 3
 n_gen_tokens = 8
 all_positions = True
+heads = "0:0"
 max_per_emotion = 20
 seed = 0
 output_dir = ""
@@ -75,7 +76,7 @@ from IPython.display import Markdown, display
 from lib.activations import obtain_stores
 from lib.datasets import load_profiles
 from lib.directions import diff_of_means
-from lib.head_phase import analyse_emotion, choose_prompts
+from lib.head_phase import analyse_emotion, choose_prompts, head_set_effects
 from lib.head_sweep import continuation_ids, readout_from_probe
 from lib.layerwise import load_layers
 from lib.models import load_model
@@ -100,7 +101,7 @@ prompt_rows = load_profiles(prompt_profiles)
 # the sentence-end `hook_resid_post` of `probe_layer` over every authored row.
 
 # %%
-parts, identities, readouts = {}, [], {}
+parts, identities, readouts, chosen = {}, [], {}, []
 for m in models:
     lm = load_model(m, device="cpu")
     identities.append(lm.identity())
@@ -115,6 +116,8 @@ for m in models:
         parts[m, e] = analyse_emotion(lm, readouts[m], direction, prompts, lexicon, top_k=top_k, ks=ks,
                                       n_random=n_random, n_gen_tokens=n_gen_tokens, all_positions=all_positions,
                                       seed=seed, progress=print)
+        if heads:
+            chosen.append(head_set_effects(lm, readouts[m], prompts, heads, lexicon, n_gen_tokens=n_gen_tokens, seed=seed))
     del lm
 tables = {k: pd.concat([p[k] for p in parts.values()], ignore_index=True) for k in next(iter(parts.values()))}
 display(tables["prompts"].groupby(["model", "prompt_emotion", "role"]).agg(rows=("id", "size"), tokens=("T", "first")))
@@ -171,6 +174,17 @@ display(perm.pivot_table(index=["model", "emotion", "intervention", "heads"], co
                          values=["top_effect", "random_mean", "p_value"]).round(4))
 
 # %% [markdown]
+# ## A chosen head set
+# `heads` (e.g. `"0:0"`, the seed's head, or `"3:1,5:*"`) zero- and mean-ablated on the emotion
+# prompts: changes against the clean run with 95% bootstrap intervals over prompts.
+
+# %%
+if heads:
+    chosen_table = pd.concat(chosen, ignore_index=True)
+    display(chosen_table[["model", "emotion", "heads", "ablation", "probe_prob", "probe_prob_change", "probe_prob_change_lo",
+                          "probe_prob_change_hi", "logprob_change", "vader_change", "keywords_change"]].round(4))
+
+# %% [markdown]
 # ## Ablating top-k heads together
 
 # %%
@@ -219,6 +233,8 @@ px.scatter(attr, x="exact", y="attribution", color="positions", facet_col="emoti
 for name in ["screening", "sweeps", "attribution", "attribution_spearman", "top_heads", "topk_curve", "generations",
              "generation_summary", "permutation", "prompts", "timings"]:
     tables[name].to_csv(out / f"{name}.csv", index=False)
+if heads:
+    chosen_table.to_csv(out / "head_set.csv", index=False)
 if vectors_run:  # the direction used here is phase 03's (same function, same rows): check it
     agree = {}
     for m in models:

@@ -263,3 +263,20 @@ def test_hook_errors_name_the_problem():
         hook(torch.ones(2, 6, 4, 3), None)
     z = hook(torch.ones(2, 5, 4, 3), None)
     assert z[:, :, 1].abs().sum() == 0 and z[:, :, [0, 2, 3]].eq(1).all()
+
+
+def test_head_set_effects_against_set_metrics():
+    from lib.head_phase import Prompts, head_set_effects
+    from lib.text_metrics import load_lexicon
+
+    lm = load_model("tiny-gpt2", device="cpu")
+    ids = _ids(lm)
+    pr = Prompts("gratitude", ids.shape[1], pd.DataFrame(), ids, ids.flip(0), None, None)
+    ro = _readout(lm)
+    got = head_set_effects(lm, ro, pr, "1:0,0:2", load_lexicon(), n_gen_tokens=4).set_index("ablation")
+    assert list(got.index) == ["none", "zero", "mean"] and (got["heads"] == "0:2,1:0").all()
+    assert got.loc["none", "probe_prob_change"] == 0
+    want = set_metrics(lm, ids, ro, [(1, 0), (0, 2)], "zero")["probs"][:, 0] - set_metrics(lm, ids, ro, [], None)["probs"][:, 0]
+    assert np.isclose(got.loc["zero", "probe_prob_change"], want.mean(), atol=1e-6)
+    with pytest.raises(ValueError, match="out of range"):
+        head_set_effects(lm, ro, pr, "5:0", load_lexicon())
