@@ -123,7 +123,8 @@ def analyse_emotion(lm, readout: Readout, direction: np.ndarray | None, prompts:
     sweeps, plan = [], [("ablate (mean)", "mean", "last", se, None), ("patch emotion->neutral", "patch", "last", sn, se),
                         ("patch neutral->emotion", "patch", "last", se, sn)]
     if all_positions:
-        plan += [("ablate (mean)", "mean", "all", se, None), ("patch emotion->neutral", "patch", "all", sn, se)]
+        plan += [("ablate (mean)", "mean", "all", se, None), ("patch emotion->neutral", "patch", "all", sn, se),
+                 ("patch neutral->emotion", "patch", "all", se, sn)]
     for name, mode, pos, target, source in plan:
         t0 = time.perf_counter()
         res = sweep_fast(hf, target, readout, mode, pos, mean_z=mean_z, source=source)
