@@ -11,10 +11,10 @@ import contextlib
 import numpy as np
 import torch
 
-from lib.head_sweep import Readout, _model_dims, readout_metrics
+from lib.head_sweep import Readout, _final_logits, _model_dims, readout_metrics
 from lib.heads import arch_of, get_path, head_hooks, run_with_hooks_cached
 
-__all__ = ["set_metrics", "generate", "random_head_sets", "rank_heads"]
+__all__ = ["set_metrics", "sample_top_k", "generate_sets", "generate", "random_head_sets", "rank_heads"]
 
 
 def set_metrics(lm, input_ids: torch.Tensor, readout: Readout, heads, mode: str | None, *, positions: str = "all",
@@ -31,57 +31,90 @@ def set_metrics(lm, input_ids: torch.Tensor, readout: Readout, heads, mode: str 
 
 
 @contextlib.contextmanager
-def _generation_edits(hf, heads, mode, prompt_len: int, mean_z=None, source_z=None):
+def _set_edits(hf, head_sets: list, mode: str | None, n: int, prompt_len: int, mean_z=None, source_z=None):
+    """Pre-hooks on the output projections: rows are set-major (row s * n + i = prompt i under set s), and
+    set s has its heads zeroed, mean-replaced (every position, every step) or patched (the prompt only)."""
     arch = arch_of(hf)
     blocks = get_path(hf, arch.layers)
     _, n_heads, d_head = _model_dims(hf)
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads or []:
-        by_layer.setdefault(layer, []).append(head)
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for s, heads in enumerate(head_sets):
+        for layer, head in heads or []:
+            by_layer.setdefault(layer, []).append((s, head))
     handles = []
 
-    def make(layer, hs):
+    def make(layer, edits):
         def pre(module, args):
             z = args[0]
             if mode == "patch" and z.shape[1] != prompt_len:
                 return None  # generated positions have no source: left as computed
             z = z.clone()
-            zv = z.view(*z.shape[:2], n_heads, d_head)
-            for h in hs:
+            zv = z.view(len(head_sets), n, z.shape[1], n_heads, d_head)
+            for s, h in edits:
                 if mode == "zero":
-                    zv[:, :, h] = 0
+                    zv[s, :, :, h] = 0
                 elif mode == "mean":
-                    zv[:, :, h] = mean_z[layer][h].to(z)
+                    zv[s, :, :, h] = mean_z[layer][h].to(z)
                 else:
-                    zv[:, :, h] = source_z[layer][:, :, h].to(z)
+                    zv[s, :, :, h] = source_z[layer][:, :, h].to(z)
             return (z, *args[1:])
         return pre
 
     try:
-        for layer, hs in by_layer.items():
-            handles.append(get_path(blocks[layer], arch.out_proj).register_forward_pre_hook(make(layer, hs)))
+        if mode is not None:
+            for layer, edits in by_layer.items():
+                handles.append(get_path(blocks[layer], arch.out_proj).register_forward_pre_hook(make(layer, edits)))
         yield
     finally:
         for h in handles:
             h.remove()
 
 
+def sample_top_k(logits: torch.Tensor, gumbel: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Token ids [rows]: a draw from softmax(logits) over each row's ``top_k`` largest logits, by the
+    Gumbel-max trick; row r reads the noise row ``gumbel[r % len(gumbel)]`` [vocab], so the same noise
+    gives the same draw wherever the logits agree (common random numbers across conditions)."""
+    vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)  # [rows, k]
+    noise_rows = torch.arange(logits.shape[0], device=logits.device) % gumbel.shape[0]
+    noise = gumbel.to(logits.device)[noise_rows[:, None], idx]
+    return idx.gather(-1, (vals + noise).argmax(-1, keepdim=True)).squeeze(-1)
+
+
 @torch.inference_mode()
-def generate(lm, input_ids: torch.Tensor, *, n_tokens: int, seed: int, heads=None, mode: str | None = None,
-             mean_z=None, source_z=None, top_k: int = 50, temperature: float = 1.0) -> list[str]:
-    """Sampled continuations (``n_tokens`` new tokens, top-k sampling, ``seed``) of prompts of one length,
-    with ``heads`` zero- or mean-ablated at every position, or patched from ``source_z`` on the prompt.
-    The same seed gives the same random stream with and without the intervention."""
+def generate_sets(lm, input_ids: torch.Tensor, head_sets: list, *, n_tokens: int, seed: int, mode: str | None = None,
+                  mean_z=None, source_z=None, top_k: int = 50, temperature: float = 1.0) -> list[list[str]]:
+    """Sampled continuations of prompts of one length [n, T] under each head set, in one batch: per set a
+    list of ``n`` texts of ``n_tokens`` new tokens (top-k sampling at ``temperature``). Sets are zero- or
+    mean-ablated at every position, or patched from ``source_z`` [n, T, head, d_head] over the prompt
+    (``mode=None`` or an empty set: no intervention). Prompt i draws the same Gumbel noise at each step
+    under every set (seeded), so conditions differ only through the intervention."""
     if mode is not None and mode not in ("zero", "mean", "patch"):
         raise ValueError(f"unknown mode {mode!r}; valid: zero, mean, patch")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     hf = lm.bridge.original_model
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with _generation_edits(hf, heads if mode else None, mode, input_ids.shape[1], mean_z, source_z):
-        torch.manual_seed(seed)
-        out = hf.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n_tokens,
-                          do_sample=True, top_k=top_k, temperature=temperature, pad_token_id=pad)
-    return tok.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+    n, T = input_ids.shape
+    S = len(head_sets)
+    gen = torch.Generator().manual_seed(int(seed))
+    cur, past, out = input_ids.repeat(S, 1), None, []
+    with _set_edits(hf, head_sets, mode, n, T, mean_z, source_z):
+        for _ in range(n_tokens):
+            o = hf.base_model(input_ids=cur, past_key_values=past, use_cache=True)
+            logits = _final_logits(hf, o.last_hidden_state[:, -1]).float() / temperature
+            u = torch.rand((n, logits.shape[-1]), generator=gen).clamp_(min=1e-20)
+            gumbel = -torch.log(-torch.log(u)).to(logits.device)
+            nxt = sample_top_k(logits, gumbel, top_k)
+            out.append(nxt)
+            cur, past = nxt[:, None], o.past_key_values
+    tokens = torch.stack(out, 1).cpu().view(S, n, n_tokens)
+    return [lm.tokenizer.batch_decode(t, skip_special_tokens=True) for t in tokens]
+
+
+def generate(lm, input_ids: torch.Tensor, *, n_tokens: int, seed: int, heads=None, mode: str | None = None,
+             mean_z=None, source_z=None, top_k: int = 50, temperature: float = 1.0) -> list[str]:
+    """``generate_sets`` for one head set (``heads=None`` or ``mode=None``: the clean model)."""
+    return generate_sets(lm, input_ids, [heads or []], n_tokens=n_tokens, seed=seed, mode=mode if heads else None,
+                         mean_z=mean_z, source_z=source_z, top_k=top_k, temperature=temperature)[0]
 
 
 def random_head_sets(n_layers: int, n_heads: int, k: int, n_sets: int, seed: int) -> list[list[tuple[int, int]]]:

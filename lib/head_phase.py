@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 
 from lib.directions import BASELINE
 from lib.extract import span_token_mask
-from lib.head_effects import generate, random_head_sets, rank_heads, set_metrics
+from lib.head_effects import generate, generate_sets, random_head_sets, rank_heads, set_metrics
 from lib.head_scores import attribution_patching, head_activity, screening_scores
 from lib.head_sweep import Readout, clean_state, sweep_fast
 from lib.heads import format_heads
@@ -166,17 +166,16 @@ def analyse_emotion(lm, readout: Readout, direction: np.ndarray | None, prompts:
     t0 = time.perf_counter()
     sets = random_head_sets(len(se.z), se.z[0].shape[2], min(top_k, len(ranked)), n_random, seed)
     conds = [("baseline", None, None), (f"top-{len(top)}", top, "top")] + [(f"random {i}", s, "random") for i, s in enumerate(sets)]
-    gens, perm = [], []
-    base_text = {}
+    gens = []
     for role, ids, src in (("ablate", prompts.emo_ids, None), ("patch", prompts.neu_ids, se.z)):
         mode = "mean" if role == "ablate" else "patch"
-        for cond, heads, kind in conds:
-            texts = generate(lm, ids, n_tokens=n_gen_tokens, seed=seed, heads=heads, mode=None if heads is None else mode,
-                             mean_z=mean_z, source_z=src)
-            vad, kw = _gen_scores(texts, lexicon, emotion)
+        texts = generate_sets(lm, ids, [heads or [] for _, heads, _ in conds], n_tokens=n_gen_tokens, seed=seed,
+                              mode=mode, mean_z=mean_z, source_z=src)
+        rows = prompts.rows[prompts.rows["role"] == ("emotion" if role == "ablate" else "neutral")]
+        for (cond, heads, kind), tx in zip(conds, texts):
+            vad, kw = _gen_scores(tx, lexicon, emotion)
             fwd = set_metrics(lm, ids, readout, heads or [], None if heads is None else mode, mean_z=mean_z, source_z=src)
-            rows = prompts.rows[prompts.rows["role"] == ("emotion" if role == "ablate" else "neutral")]
-            gens.append(pd.DataFrame({"id": rows["id"].to_numpy(), "prompt": rows["text"].to_numpy(), "continuation": texts,
+            gens.append(pd.DataFrame({"id": rows["id"].to_numpy(), "prompt": rows["text"].to_numpy(), "continuation": tx,
                                       "vader": vad, "keywords": kw, "probe_prob": fwd["probs"][:, ci],
                                       "intervention": role, "condition": cond, "kind": kind or "baseline",
                                       "heads": "" if heads is None else format_heads(heads), **tag}))

@@ -260,6 +260,6 @@ display(Markdown(provenance_markdown()))
 assert screen.groupby(["model", "emotion", "score"])["value"].nunique().gt(1).all()  # not degenerate
 assert sweeps["effect"].notna().all() and perm["p_value"].between(0, 1).all()
 assert tables["generations"]["vader"].between(-1, 1).all()
-assert (sw.groupby(["model", "emotion", "what"]).size() == sw.groupby(["model", "emotion", "what"]).size().iloc[0]).all()
+assert sw.groupby(["model", "emotion", "what"]).size().groupby("model").nunique().eq(1).all()  # every head, every sweep
 if vectors_run:
     assert min(agree.values()) > 0.9999
