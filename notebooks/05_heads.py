@@ -223,8 +223,14 @@ display(ex[ex["kind"] != "random"].groupby(["model", "emotion", "intervention", 
 attr = tables["attribution"]
 rho = tables["attribution_spearman"]
 display(rho.pivot_table(index=["model", "emotion"], columns="positions", values="spearman").round(3))
-px.scatter(attr, x="exact", y="attribution", color="positions", facet_col="emotion", facet_row="model",
-           hover_data=["layer", "head"], title="Attribution estimate vs exact patching effect (probe probability)").show()
+labels = rho.groupby(["model", "emotion"]).apply(
+    lambda g: ", ".join(f"rho {p} {s:.2f}" for p, s in zip(g["positions"], g["spearman"])), include_groups=False)
+attr = attr.assign(panel=[f"{m} {e} ({labels[m, e]})" for m, e in zip(attr["model"], attr["emotion"])])
+px.scatter(attr, x="exact", y="attribution", color="positions", facet_col="panel", facet_col_wrap=3,
+           hover_data=["layer", "head"], height=300 * -(-attr["panel"].nunique() // 3),
+           title="Attribution estimate vs exact patching effect on the probe probability (Spearman rho per panel)"
+           ).update_xaxes(matches=None).update_yaxes(matches=None).for_each_annotation(
+    lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
 
 # %% [markdown]
 # ## Save
