@@ -73,6 +73,7 @@ import plotly.express as px
 import torch
 from IPython.display import Markdown, display
 
+from lib import show_progress
 from lib.activations import obtain_stores
 from lib.datasets import load_profiles
 from lib.directions import diff_of_means
@@ -115,7 +116,7 @@ for m in models:
         prompts = choose_prompts(lm.encoder, prompt_rows, e, n_prompts, seed)
         parts[m, e] = analyse_emotion(lm, readouts[m], direction, prompts, lexicon, top_k=top_k, ks=ks,
                                       n_random=n_random, n_gen_tokens=n_gen_tokens, all_positions=all_positions,
-                                      seed=seed, progress=print)
+                                      seed=seed, progress=print if show_progress() else None)
         if heads:
             chosen.append(head_set_effects(lm, readouts[m], prompts, heads, lexicon, n_gen_tokens=n_gen_tokens, seed=seed))
     del lm
@@ -137,7 +138,9 @@ for m in models:
     px.density_heatmap(sub, x="head", y="layer", z="scaled", facet_col="score", facet_row="emotion", histfunc="sum",
                        nbinsx=int(sub["head"].max()) + 1, nbinsy=int(sub["layer"].max()) + 1,
                        color_continuous_scale="RdBu_r", range_color=[-1, 1], hover_data=["value"],
-                       title=f"{m}: screening scores, emotion minus neutral (scaled)", height=250 * len(emotions)).show()
+                       title=f"{m}: screening scores, emotion minus neutral (scaled)", height=250 * len(emotions)
+                       ).update_layout(coloraxis_colorbar_title="scaled").for_each_annotation(
+        lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
 
 # %% [markdown]
 # ## Exact single-head sweeps
@@ -154,7 +157,8 @@ for m in models:
                        nbinsx=int(sub["head"].max()) + 1, nbinsy=int(sub["layer"].max()) + 1,
                        color_continuous_scale="RdBu_r", range_color=[-lim, lim],
                        title=f"{m}: change in the probe's emotion probability, one head at a time",
-                       height=250 * len(emotions)).show()
+                       height=250 * len(emotions)).update_layout(coloraxis_colorbar_title="change").for_each_annotation(
+        lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
 
 # %% [markdown]
 # ## Top heads
@@ -166,7 +170,8 @@ top = tables["top_heads"].assign(head_label=lambda d: d["layer"].astype(str) + "
                                  ci=lambda d: 1.96 * d["se"])
 px.bar(top, x="rank", y="drop", error_y="ci", color="emotion", facet_col="emotion", facet_row="model",
        text="head_label", color_discrete_map=EMOTION_COLORS,
-       title="Top heads per emotion: drop in the probe's emotion probability when ablated").show()
+       title="Top heads per emotion (bar labels layer:head): drop in the probe's emotion probability when ablated"
+       ).for_each_annotation(lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
 perm = tables["permutation"]
 display(Markdown("**Top-k heads vs k random heads** (effect signed so that larger = more emotion removed by "
                  "ablation, or added by patching; p = (1 + #random >= top) / (1 + random sets)):"))
@@ -181,8 +186,9 @@ display(perm.pivot_table(index=["model", "emotion", "intervention", "heads"], co
 # %%
 if heads:
     chosen_table = pd.concat(chosen, ignore_index=True)
-    display(chosen_table[["model", "emotion", "heads", "ablation", "probe_prob", "probe_prob_change", "probe_prob_change_lo",
-                          "probe_prob_change_hi", "logprob_change", "vader_change", "keywords_change"]].round(4))
+    display(chosen_table.set_index(["model", "emotion", "heads", "ablation"])[
+        ["probe_prob", "probe_prob_change", "probe_prob_change_lo", "probe_prob_change_hi", "logprob_change",
+         "vader_change", "keywords_change"]].round(4))
 
 # %% [markdown]
 # ## Ablating top-k heads together
@@ -191,7 +197,8 @@ if heads:
 curve = tables["topk_curve"]
 px.line(curve, x="k", y="drop", color="emotion", facet_col="model", markers=True, log_x=True,
         color_discrete_map=EMOTION_COLORS, hover_data=["heads"],
-        title="Drop in the probe's emotion probability, top-k heads mean-ablated together").show()
+        title="Drop in the probe's emotion probability, top-k heads mean-ablated together").update_xaxes(
+    tickvals=ks).for_each_annotation(lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
 
 # %% [markdown]
 # ## Generated text
@@ -204,11 +211,13 @@ px.line(curve, x="k", y="drop", color="emotion", facet_col="model", markers=True
 gs = tables["generation_summary"]
 abl = gs[gs["intervention"] == "ablate"].assign(lo=lambda d: d["vader"] - d["vader_lo"], hi=lambda d: d["vader_hi"] - d["vader"])
 px.bar(abl, x="condition", y="vader", error_y="hi", error_y_minus="lo", color="kind", facet_col="emotion",
-       facet_row="model", title="Ablation: VADER compound sentiment of continuations of emotion prompts").show()
+       facet_row="model", title="Ablation: VADER compound sentiment of continuations of emotion prompts"
+       ).for_each_annotation(lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
 pat = gs[gs["intervention"] == "patch"].assign(lo=lambda d: d["keywords"] - d["keywords_lo"],
                                                hi=lambda d: d["keywords_hi"] - d["keywords"])
 px.bar(pat, x="condition", y="keywords", error_y="hi", error_y_minus="lo", color="kind", facet_col="emotion",
-       facet_row="model", title="Patching emotion -> neutral: emotion keywords per continuation of neutral prompts").show()
+       facet_row="model", title="Patching emotion -> neutral: emotion keywords per continuation of neutral prompts"
+       ).for_each_annotation(lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
 display(gs[gs["kind"] != "random"][["model", "emotion", "intervention", "condition", "vader", "vader_lo", "vader_hi",
                                     "keywords", "keywords_lo", "keywords_hi", "probe_prob"]].round(3))
 ex = tables["generations"]
