@@ -40,6 +40,10 @@ class Prompts:
 def choose_prompts(encoder, df: pd.DataFrame, emotion: str, n: int, seed: int = 0) -> Prompts:
     """The token length with the most (emotion, neutral) rows, and ``n`` seeded rows of each at that length
     (fewer if no length has ``n`` of both; an error if none has 2)."""
+    from lib.directions import EMOTIONS
+
+    if emotion not in EMOTIONS:
+        raise ValueError(f"emotion {emotion!r} is not one of {list(EMOTIONS)} (neutral is the comparison)")
     lengths = pd.Series(encoder.n_tokens(df["text"].tolist()), index=df.index)
     counts = pd.DataFrame({"emo": lengths[df["emotion"] == emotion].value_counts(),
                            "neu": lengths[df["emotion"] == BASELINE].value_counts()}).fillna(0)

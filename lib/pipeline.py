@@ -72,6 +72,15 @@ def check_values(stem: str, params: dict) -> None:
             if profile not in PROFILES or (split and (profile != "goemotions" or split not in ("train", "dev"))):
                 raise ValueError(f"unknown profile {spec!r}; valid: {list(PROFILES)}, or goemotions:train / "
                                  f"goemotions:dev")
+        if params.get("emotions") is not None:  # an emotion filter (02) or the emotions studied (05)
+            from lib.datasets import EMOTIONS as LABELS
+            from lib.directions import EMOTIONS
+
+            valid = LABELS if stem.startswith("02_") else EMOTIONS
+            bad = [e for e in params["emotions"] if e not in valid]
+            if bad or not params["emotions"]:
+                raise ValueError(f"emotions {params['emotions']!r}: {bad or 'empty'}; valid: a non-empty subset of "
+                                 f"{list(valid)}")
         if "device" in params:
             resolve_device(params["device"])
         if "dtype" in params:

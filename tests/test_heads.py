@@ -272,6 +272,8 @@ def test_choose_prompts_pairs_equal_lengths():
     assert pr.emo_ids.shape == pr.neu_ids.shape == (2, 5) and pr.T == 5  # lengths 5 (2 + 2 rows), 6 and 4 (1 + 1)
     assert set(pr.rows["role"]) == {"emotion", "neutral"}
     assert pr.emo_span.shape == pr.emo_ids.shape and pr.emo_span.any()
+    with pytest.raises(ValueError, match="emotion 'neutral' is not one of"):
+        choose_prompts(lm.encoder, df, "neutral", 2)
     with pytest.raises(ValueError, match="no token length has 2 anger"):
         choose_prompts(lm.encoder, df.assign(emotion=df["emotion"].replace("gratitude", "anger")).iloc[:1], "anger", 2)
 

@@ -104,6 +104,14 @@ def test_shared_values_are_checked_before_running():
         PL.check_values("03_emotion_vectors", {"fit_profiles": ["baseline", "extnded"]})
     PL.check_values("03_emotion_vectors", {"models": ["tiny-gpt2"], "control_models": ["random:tiny-gpt2"],
                                            "transfer_profiles": ["goemotions:train", "goemotions:dev"]})
+    with pytest.raises(ParamsError, match=r"emotions \['angre'\]: \['angre'\]; valid: a non-empty subset of \['gratitude', 'anger', 'apology'\]"):
+        PL.check_values("05_heads", {"emotions": ["angre"]})
+    with pytest.raises(ParamsError, match=r"05_heads: emotions \['neutral'\]"):
+        PL.check_values("05_heads", {"emotions": ["neutral"]})
+    with pytest.raises(ParamsError, match=r"emotions \[\]: empty"):
+        PL.check_values("05_heads", {"emotions": []})
+    PL.check_values("02_activations", {"emotions": ["neutral", "anger"]})
+    PL.check_values("02_activations", {"emotions": None})
 
 
 def test_random_control_of_an_uncached_hub_model_is_refused_offline(monkeypatch, tmp_path):
