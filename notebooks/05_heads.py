@@ -114,11 +114,11 @@ for m in models:
     for e in emotions:
         direction = diff_of_means(ld.xs[0], ld.labels, e)
         prompts = choose_prompts(lm.encoder, prompt_rows, e, n_prompts, seed)
+        if heads:  # first: a bad head set fails in seconds, not after the sweeps
+            chosen.append(head_set_effects(lm, readouts[m], prompts, heads, lexicon, n_gen_tokens=n_gen_tokens, seed=seed))
         parts[m, e] = analyse_emotion(lm, readouts[m], direction, prompts, lexicon, top_k=top_k, ks=ks,
                                       n_random=n_random, n_gen_tokens=n_gen_tokens, all_positions=all_positions,
                                       seed=seed, progress=print if show_progress() else None)
-        if heads:
-            chosen.append(head_set_effects(lm, readouts[m], prompts, heads, lexicon, n_gen_tokens=n_gen_tokens, seed=seed))
     del lm
 tables = {k: pd.concat([p[k] for p in parts.values()], ignore_index=True) for k in next(iter(parts.values()))}
 display(tables["prompts"].groupby(["model", "prompt_emotion", "role"]).agg(rows=("id", "size"), tokens=("T", "first")))
