@@ -28,7 +28,7 @@ from scipy.stats import spearmanr
 import lib  # noqa: F401
 from lib.datasets import load_profiles
 from lib.head_scores import attribution_patching
-from lib.head_sweep import clean_state, continuation_ids, readout_from_probe, sweep_fast, sweep_naive
+from lib.head_sweep import clean_state, continuation_ids, mean_head_z, readout_from_probe, sweep_fast, sweep_naive
 from lib.models import load_model
 from lib.probes import fit_probe
 from lib.text_metrics import load_lexicon
@@ -88,7 +88,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     state = clean_state(hf, ids, readout)
-    mean_z = {layer: z.mean((0, 1)) for layer, z in enumerate(state.z)}
+    mean_z = mean_head_z(state)
     sync(lm.device)
     t_clean = time.perf_counter() - t0
     for pos in ("last", "all"):

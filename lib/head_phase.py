@@ -17,7 +17,7 @@ from lib.directions import BASELINE
 from lib.extract import span_token_mask
 from lib.head_effects import generate, generate_sets, random_head_sets, rank_heads, set_metrics
 from lib.head_scores import attribution_patching, head_activity, screening_scores
-from lib.head_sweep import Readout, clean_state, sweep_fast
+from lib.head_sweep import Readout, clean_state, mean_head_z, sweep_fast
 from lib.heads import format_heads
 from lib.text_metrics import keyword_counts, mean_ci, paired_difference, permutation_p, vader_compound
 
@@ -115,7 +115,7 @@ def analyse_emotion(lm, readout: Readout, direction: np.ndarray | None, prompts:
 
     t0 = time.perf_counter()
     se, sn = clean_state(hf, prompts.emo_ids, readout), clean_state(hf, prompts.neu_ids, readout)
-    mean_z = {layer: torch.cat([se.z[layer], sn.z[layer]]).mean((0, 1)) for layer in range(len(se.z))}
+    mean_z = mean_head_z(se, sn)
     tick("clean runs", t0)
 
     t0 = time.perf_counter()
@@ -232,7 +232,7 @@ def head_set_effects(lm, readout: Readout, prompts: Prompts, heads_spec: str, le
     ci, ei = _class_index(readout, emotion), list(readout.continuations).index(emotion)
     se, sn = clean_state(lm.bridge.original_model, prompts.emo_ids, readout), \
         clean_state(lm.bridge.original_model, prompts.neu_ids, readout)
-    mean_z = {layer: torch.cat([se.z[layer], sn.z[layer]]).mean((0, 1)) for layer in range(len(se.z))}
+    mean_z = mean_head_z(se, sn)
     rows, base = [], None
     for mode in (None, "zero", "mean"):
         m = set_metrics(lm, prompts.emo_ids, readout, heads, mode, mean_z=mean_z)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib.head_sweep import Readout, _final_logits, _model_dims, _out, readout_metrics
+from lib.head_sweep import Readout, _model_dims, _out, readout_metrics
 from lib.heads import arch_of, get_path, head_out_weight
 
 __all__ = ["SCORES", "head_activity", "screening_scores", "attribution_patching"]

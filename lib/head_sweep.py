@@ -23,8 +23,8 @@ import torch
 
 from lib.heads import arch_of, get_path, head_hooks, run_with_hooks_cached
 
-__all__ = ["Readout", "readout_from_probe", "continuation_ids", "CleanState", "clean_state", "readout_metrics",
-           "sweep_fast", "sweep_naive"]
+__all__ = ["Readout", "readout_from_probe", "continuation_ids", "CleanState", "clean_state", "mean_head_z",
+           "readout_metrics", "sweep_fast", "sweep_naive"]
 
 
 @dataclass
@@ -202,6 +202,11 @@ def clean_state(hf, input_ids: torch.Tensor, readout: Readout) -> CleanState:
     metrics = readout_metrics(box["resid"][:, -1], logits, readout)
     cache = hf.base_model(input_ids=input_ids[:, :-1], use_cache=True).past_key_values
     return CleanState(input_ids, resid, zs, cache, metrics, box["resid"][:, -1])
+
+
+def mean_head_z(*states: CleanState) -> dict[int, torch.Tensor]:
+    """Per layer [heads, d_head]: each head's mean z over every prompt and position of ``states`` (mean ablation)."""
+    return {layer: torch.cat([s.z[layer] for s in states]).mean((0, 1)) for layer in range(len(states[0].z))}
 
 
 def _repeat_cache(cache, reps: int, start: int):
