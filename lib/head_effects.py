@@ -11,7 +11,7 @@ import contextlib
 import numpy as np
 import torch
 
-from lib.head_sweep import Readout, _final_logits, _model_dims, readout_metrics
+from lib.head_sweep import Readout, final_logits, model_dims, readout_metrics
 from lib.heads import arch_of, get_path, head_hooks, run_with_hooks_cached
 
 __all__ = ["set_metrics", "sample_top_k", "generate_sets", "generate", "random_head_sets", "rank_heads"]
@@ -36,7 +36,7 @@ def _set_edits(hf, head_sets: list, mode: str | None, n: int, prompt_len: int, m
     set s has its heads zeroed, mean-replaced (every position, every step) or patched (the prompt only)."""
     arch = arch_of(hf)
     blocks = get_path(hf, arch.layers)
-    _, n_heads, d_head = _model_dims(hf)
+    _, n_heads, d_head = model_dims(hf)
     by_layer: dict[int, list[tuple[int, int]]] = {}
     for s, heads in enumerate(head_sets):
         for layer, head in heads or []:
@@ -100,7 +100,7 @@ def generate_sets(lm, input_ids: torch.Tensor, head_sets: list, *, n_tokens: int
     with _set_edits(hf, head_sets, mode, n, T, mean_z, source_z):
         for _ in range(n_tokens):
             o = hf.base_model(input_ids=cur, past_key_values=past, use_cache=True)
-            logits = _final_logits(hf, o.last_hidden_state[:, -1]).float() / temperature
+            logits = final_logits(hf, o.last_hidden_state[:, -1]).float() / temperature
             u = torch.rand((n, logits.shape[-1]), generator=gen).clamp_(min=1e-20)
             gumbel = -torch.log(-torch.log(u)).to(logits.device)
             nxt = sample_top_k(logits, gumbel, top_k)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib.head_sweep import Readout, _model_dims, _out, readout_metrics
+from lib.head_sweep import Readout, model_dims, block_output, readout_metrics
 from lib.heads import arch_of, get_path, head_out_weight
 
 __all__ = ["SCORES", "head_activity", "screening_scores", "attribution_patching"]
@@ -32,7 +32,7 @@ def head_activity(lm, input_ids: torch.Tensor, span: torch.Tensor, direction: to
     """Per prompt, layer and head [n, L, H]: the five quantities behind ``SCORES`` on one batch of
     prompts of one length (``span`` bool [n, T] marks the emotion-bearing tokens)."""
     hf = lm.bridge.original_model
-    n_layers, n_heads, d_head = _model_dims(hf)
+    n_layers, n_heads, d_head = model_dims(hf)
     names = [f"blocks.{i}.attn.hook_{k}" for i in range(n_layers) for k in ("pattern", "z")]
     _, cache = lm.bridge.run_with_cache(input_ids, names_filter=names)
     sp = span.to(device=input_ids.device, dtype=torch.float32)
@@ -81,7 +81,7 @@ def attribution_patching(hf, target_ids: torch.Tensor, source_z: list[torch.Tens
         raise ValueError(f"class {cls!r} is not one of the probe's {readout.classes}")
     arch = arch_of(hf)
     blocks = get_path(hf, arch.layers)
-    n_layers, n_heads, d_head = _model_dims(hf)
+    n_layers, n_heads, d_head = model_dims(hf)
     zs, box, handles = [None] * n_layers, {}, []
 
     def embed_hook(module, args, output):  # gradients flow from here on, whatever the parameters say
@@ -94,7 +94,7 @@ def attribution_patching(hf, target_ids: torch.Tensor, source_z: list[torch.Tens
             zs[i] = args[0]
         handles.append(get_path(block, arch.out_proj).register_forward_pre_hook(zpre))
         if i == readout.layer:
-            handles.append(block.register_forward_hook(lambda m, a, o: box.__setitem__("resid", _out(o))))
+            handles.append(block.register_forward_hook(lambda m, a, o: box.__setitem__("resid", block_output(o))))
     try:
         with torch.enable_grad():
             hf.base_model(input_ids=target_ids)

@@ -24,7 +24,7 @@ import torch
 from lib.heads import arch_of, get_path, head_hooks, run_with_hooks_cached
 
 __all__ = ["Readout", "readout_from_probe", "continuation_ids", "CleanState", "clean_state", "mean_head_z",
-           "readout_metrics", "sweep_fast", "sweep_naive"]
+           "readout_metrics", "final_logits", "block_output", "model_dims", "sweep_fast", "sweep_naive"]
 
 
 @dataclass
@@ -82,7 +82,8 @@ def readout_metrics(resid: torch.Tensor, logits: torch.Tensor | None, readout: R
     return out
 
 
-def _final_logits(hf, hidden: torch.Tensor) -> torch.Tensor:
+def final_logits(hf, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits from final (post-norm) hidden states [rows, d_model], with the model's logit soft-capping."""
     logits = hf.get_output_embeddings()(hidden)
     cap = getattr(hf.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
@@ -103,7 +104,8 @@ class _Skip(torch.nn.Module):
         return (hidden_states, None) if self.returns_tuple else hidden_states
 
 
-def _out(output):
+def block_output(output):
+    """A block's hidden states, whether it returns them alone or first in a tuple (GPT-Neo)."""
     return output[0] if isinstance(output, tuple) else output
 
 
@@ -129,7 +131,7 @@ def _run_from(hf, start: int, hidden: torch.Tensor | None, z_edit=None, read_lay
             handles.append(get_path(blocks[start], arch.out_proj).register_forward_pre_hook(edit))
         if read_layer is not None and read_layer >= start:
             def read(module, args, output):
-                box["resid"] = _out(output)
+                box["resid"] = block_output(output)
                 if stop_after_read:
                     raise _Stop
             handles.append(blocks[read_layer].register_forward_hook(read))
@@ -165,7 +167,8 @@ class CleanState:
         return int(self.input_ids.shape[1])
 
 
-def _model_dims(hf):
+def model_dims(hf) -> tuple[int, int, int]:
+    """(layers, query heads, d_head) of a Hugging Face causal LM."""
     cfg = hf.config
     n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or cfg.num_heads
     n_layers = len(get_path(hf, arch_of(hf).layers))
@@ -181,7 +184,7 @@ def clean_state(hf, input_ids: torch.Tensor, readout: Readout) -> CleanState:
         raise ValueError(f"clean_state needs input_ids [n, T >= 2] of one length, got {tuple(input_ids.shape)}")
     arch = arch_of(hf)
     blocks = get_path(hf, arch.layers)
-    n_layers, n_heads, d_head = _model_dims(hf)
+    n_layers, n_heads, d_head = model_dims(hf)
     resid, zs, handles, box = [None] * n_layers, [None] * n_layers, [], {}
     for i, block in enumerate(blocks):
         def pre(module, args, i=i):
@@ -190,7 +193,7 @@ def clean_state(hf, input_ids: torch.Tensor, readout: Readout) -> CleanState:
             zs[i] = args[0].detach().reshape(*args[0].shape[:2], n_heads, d_head).clone()
         def post(module, args, output, i=i):
             if i == readout.layer:
-                box["resid"] = _out(output).detach()
+                box["resid"] = block_output(output).detach()
         handles += [block.register_forward_pre_hook(pre), get_path(block, arch.out_proj).register_forward_pre_hook(zpre),
                     block.register_forward_hook(post)]
     try:
@@ -198,7 +201,7 @@ def clean_state(hf, input_ids: torch.Tensor, readout: Readout) -> CleanState:
     finally:
         for h in handles:
             h.remove()
-    logits = _final_logits(hf, out.last_hidden_state[:, -1]) if readout.needs_logits else None
+    logits = final_logits(hf, out.last_hidden_state[:, -1]) if readout.needs_logits else None
     metrics = readout_metrics(box["resid"][:, -1], logits, readout)
     cache = hf.base_model(input_ids=input_ids[:, :-1], use_cache=True).past_key_values
     return CleanState(input_ids, resid, zs, cache, metrics, box["resid"][:, -1])
@@ -258,7 +261,7 @@ def sweep_fast(hf, state: CleanState, readout: Readout, mode: str, positions: st
     """Single-head ``mode`` intervention (zero / mean / patch from ``source``) on every head of ``layers``,
     at the last position or all positions: metrics per head and prompt, ``probs`` [L, H, n, classes]
     and ``logprob`` [L, H, n, emotions]."""
-    n_layers, n_heads, d_head = _model_dims(hf)
+    n_layers, n_heads, d_head = model_dims(hf)
     layers = list(range(n_layers)) if layers is None else list(layers)
     n, T = state.n, state.T
     out: dict[str, list] = {}
@@ -280,7 +283,7 @@ def sweep_fast(hf, state: CleanState, readout: Readout, mode: str, positions: st
             else:
                 try:
                     o = hf.base_model(input_ids=ids, **kwargs)
-                    logits = _final_logits(hf, o.last_hidden_state[:, -1])
+                    logits = final_logits(hf, o.last_hidden_state[:, -1])
                 except _Stop:
                     logits = None
                 resid = box["resid"][:, -1] if layer <= readout.layer else state.probe_resid.repeat(n_heads, 1)
@@ -301,7 +304,7 @@ def sweep_naive(lm, input_ids: torch.Tensor, readout: Readout, mode: str, positi
     """The reference: one full TransformerLens forward per head, the head edited on ``attn.hook_z``.
     ``source_z``: per layer [n, T, heads, d_head] of the patch source (``CleanState.z``)."""
     hf = lm.bridge.original_model
-    n_layers, n_heads, _ = _model_dims(hf)
+    n_layers, n_heads, _ = model_dims(hf)
     layers = list(range(n_layers)) if layers is None else list(layers)
     n, T = input_ids.shape
     last = torch.full((n,), T - 1)
