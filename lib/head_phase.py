@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from lib.directions import BASELINE
+from lib.directions import BASELINE, EMOTIONS
 from lib.extract import span_token_mask
 from lib.head_effects import generate, generate_sets, random_head_sets, rank_heads, set_metrics
 from lib.head_scores import attribution_patching, head_activity, screening_scores
@@ -40,8 +40,6 @@ class Prompts:
 def choose_prompts(encoder, df: pd.DataFrame, emotion: str, n: int, seed: int = 0) -> Prompts:
     """The token length with the most (emotion, neutral) rows, and ``n`` seeded rows of each at that length
     (fewer if no length has ``n`` of both; an error if none has 2)."""
-    from lib.directions import EMOTIONS
-
     if emotion not in EMOTIONS:
         raise ValueError(f"emotion {emotion!r} is not one of {list(EMOTIONS)} (neutral is the comparison)")
     lengths = pd.Series(encoder.n_tokens(df["text"].tolist()), index=df.index)
