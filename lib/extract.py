@@ -133,78 +133,96 @@ class _Capture:
     """Hook state for one batch: each hook reduces its layer (and encodes its tokens) on the
     forward's device as the forward runs, so only what is stored is kept and moved off the device.
 
-    Per site: ``red`` float32 [b, layers, 3, D] (sentence-end, mean, span; D = flattened shape);
-    for token sites ``tok`` [b, layers, pos, *shape] in the stored dtype with padding zeroed, and
-    for float16 ``exp`` int8 [b, layers] (see ``_encode_f16``).
+    Per site: ``red`` float32 [layers, b, 3, D] (sentence-end, mean, span; D = flattened shape),
+    filled by one batched matmul per hook with weights [b, 3, pos] (a one-hot row at the last real
+    token, the mean over real tokens, the mean over span tokens); for token sites ``tok``
+    [b, layers, pos, *shape] in the stored dtype with padding zeroed, and for float16 ``exp`` int8
+    [b, layers] (see ``_encode_f16``). Each hook costs a few passes over its activation: the
+    matmul, the cast, and for float16 one min/max that sends the rare rows beyond float16's range
+    (or non-finite values) down the careful path.
     """
 
     def __init__(self, sites: dict[str, list[int]], config: ExtractConfig):
         self.n_layers = {site: len(layers) for site, layers in sites.items()}
         self.keep = {site: _keeps_tokens(site, config) for site in sites}
         self.f16 = config.dtype == "float16"
+        self.store_dtype = torch.float16 if self.f16 else torch.float32
         self.shapes: dict[str, tuple[int, ...]] = {}
 
     def begin(self, mask: torch.Tensor, last: torch.Tensor, span: torch.Tensor, measure: bool) -> None:
         """mask, span bool [b, pos]; last long [b]; all on the forward's device."""
         m, sp = mask.float(), span.float()
-        self.mask, self.pad, self.last = m, ~mask[:, :, None], last
-        self.rows = torch.arange(len(last), device=last.device)
+        self.mask, self.pad = m, ~mask[:, :, None]
         self.span_n = sp.sum(1)
-        self.weights = torch.stack([m / m.sum(1, keepdim=True), sp / self.span_n.clamp(min=1)[:, None]], 1)
+        onehot = torch.zeros_like(m)
+        onehot[torch.arange(len(last), device=last.device), last] = 1.0
+        self.weights = torch.stack([onehot, m / m.sum(1, keepdim=True), sp / self.span_n.clamp(min=1)[:, None]], 1)
+        # padding zeroed by an AND on the stored bits (exact, and +0 even where the value is negative)
+        self.padded = not bool(mask.all())
+        bits = torch.int16 if self.f16 else torch.int32
+        self.keep_bits = torch.where(mask, -1, 0).to(bits)[:, :, None]
         self.measure, self.worst = measure, []
         self.red, self.tok, self.exp = {}, {}, {}
 
     def hook(self, act, hook, *, site: str, li: int):
         b, p = act.shape[:2]
         self.shapes.setdefault(site, tuple(act.shape[2:]))
-        flat = act.reshape(b, p, -1).float()
+        flat = act.reshape(b, p, -1)
+        flat = flat if flat.dtype == torch.float32 else flat.float()
         red = self.red.get(site)
         if red is None:
-            red = self.red[site] = torch.empty((b, self.n_layers[site], 3, flat.shape[-1]), device=act.device)
-        red[:, li, 0] = flat[self.rows, self.last]
-        torch.bmm(self.weights, flat, out=red[:, li, 1:])
+            red = self.red[site] = torch.empty((self.n_layers[site], b, 3, flat.shape[-1]), device=act.device)
+        torch.bmm(self.weights, flat, out=red[li])
         if not self.keep[site]:
             return
         dst = self.tok.get(site)
         if dst is None:
             dst = self.tok[site] = torch.empty((b, self.n_layers[site], p, *act.shape[2:]), device=act.device,
-                                               dtype=torch.float16 if self.f16 else torch.float32)
+                                               dtype=self.store_dtype)
             if self.f16:
                 self.exp[site] = torch.zeros((b, self.n_layers[site]), dtype=torch.int8, device=act.device)
         out = dst[:, li].view(b, p, -1)
-        out.copy_(flat)  # one pass: cast to the stored dtype
-        out.masked_fill_(self.pad, 0)  # padding zeroed so it never leaks
-        if not self.f16:
-            return
-        if torch.isinf(out).any():  # rare: rows beyond float16's range get a power-of-two scale
-            tok = (flat * self.mask[:, :, None])[:, None]
-            x16, exp = _encode_f16(tok)
+        if self.f16 and not _fits_f16(flat):  # rare: beyond float16's range (or not finite)
+            x16, exp = _encode_f16(torch.where(self.pad, 0.0, flat)[:, None])
             out.copy_(x16[:, 0])
             self.exp[site][:, li] = exp[:, 0]
-        if self.measure:
-            tok = (flat * self.mask[:, :, None])[:, None]
-            self.worst.append(_relative_error(out[:, None], self.exp[site][:, li:li + 1], tok))
+        else:
+            out.copy_(flat)  # one pass: cast to the stored dtype
+            if self.padded:
+                bits = out.view(self.keep_bits.dtype)
+                torch.bitwise_and(bits, self.keep_bits, out=bits)
+        if self.measure and self.f16:
+            exact = torch.where(self.pad, 0.0, flat)[:, None]
+            self.worst.append(_relative_error(out[:, None], self.exp[site][:, li:li + 1], exact))
 
     def finish(self) -> dict[str, dict]:
         """Per site, on the CPU: the stored reductions (and tokens, exponents) of this batch."""
         out = {}
         for site, red in self.red.items():
+            red = red.permute(1, 0, 2, 3)  # [b, layers, 3, D]
+            exp = self.exp.get(site)
+            if self.f16 and exp is None:  # reductions only: exponents from the reductions themselves
+                exp = torch.zeros(red.shape[:2], dtype=torch.int8, device=red.device)
+                if not _fits_f16(red):
+                    _, exp = _encode_f16(red.nan_to_num(0.0))
             red[:, :, 2][self.span_n == 0] = torch.nan  # no span tokens in that row
-            red = red.view(*red.shape[:3], *self.shapes[site])
-            if self.f16 and site in self.tok:
-                exp = self.exp[site]
-                reds = {k: _to_store(red[:, :, i], exp) for i, k in enumerate(REDUCTIONS)}
-            elif self.f16:
-                _, exp = _encode_f16(red.nan_to_num(0.0))
-                reds = {k: _to_store(red[:, :, i], exp) for i, k in enumerate(REDUCTIONS)}
-            else:
-                exp, reds = None, {k: red[:, :, i].cpu().numpy() for i, k in enumerate(REDUCTIONS)}
+            red = red.reshape(*red.shape[:3], *self.shapes[site])
+            reds = {k: _to_store(red[:, :, i], exp) for i, k in enumerate(REDUCTIONS)}
             out[site] = {"reductions": reds, "exp": None if exp is None else exp.cpu().numpy(),
                          "tokens": self.tok[site].cpu().numpy() if site in self.tok else None}
         return out
 
     def worst_relative_error(self) -> float:
         return max((float(w) for w in self.worst), default=0.0)
+
+
+_F16_INF = 65520.0  # float32 values at or beyond this magnitude round to inf in float16
+
+
+def _fits_f16(x: torch.Tensor) -> bool:
+    """Whether every value of ``x`` is finite and casts to a finite float16 (one pass)."""
+    lo, hi = torch.aminmax(x)
+    return bool((lo > -_F16_INF) & (hi < _F16_INF))  # False for NaN too
 
 
 def _row_exponents(act: torch.Tensor) -> torch.Tensor:
