@@ -296,6 +296,7 @@ class _ChunkEncoder:
         self.fill = arr.fill_value
         self.key = arr.metadata.chunk_key_encoding.encode_chunk_key
         self.blosc = codecs[1]._blosc_codec
+        self.made: set[Path] = set()  # chunk folders already created
 
     def write(self, start: tuple[int, ...], data: np.ndarray) -> None:
         """Write ``data`` at offset ``start``; the region must begin on chunk boundaries, and chunks it
@@ -312,7 +313,9 @@ class _ChunkEncoder:
                 chunk = np.full(self.chunks, self.fill, dtype=self.dtype)
                 chunk[tuple(slice(0, s) for s in part.shape)] = part
             path = self.dir / self.key(tuple(f + r for f, r in zip(first, rel)))
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent not in self.made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.made.add(path.parent)
             tmp = path.with_name(path.name + ".partial")
             tmp.write_bytes(self.blosc.encode(chunk.view(np.uint8).reshape(-1)))
             os.replace(tmp, path)
@@ -414,7 +417,7 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
     stored, aliases = _plan(names)
     last_layer = max(_layer_of(n) for n in names)
     texts = df["text"].tolist()
-    enc_all = lm.encoder.encode(texts)  # CPU; only lengths and offsets are used here
+    enc_all = lm.encoder.encode(texts)  # CPU, once: batches are row slices of it (right-padded)
     lengths = enc_all.lengths.numpy()
     order = np.argsort(lengths, kind="stable")
     width = int(lengths.max())
@@ -423,6 +426,8 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
         longest = int(lengths.argmax())
         raise ValueError(f"row {df['id'].iloc[longest]!r} has {width} tokens, more than {lm.name}'s context of "
                          f"{n_ctx}; drop or shorten such rows")
+    span_all = span_token_mask(enc_all.offsets, df["span_start"].to_numpy(), df["span_end"].to_numpy(), width)
+    encoded = (enc_all.input_ids, enc_all.attention_mask, span_all)
     n_rows = len(df)
     batches = [order[i:i + config.batch_size] for i in range(0, n_rows, config.batch_size)]
     identity = lm.identity()
@@ -471,7 +476,7 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
              for site, layers in sites.items() for li, layer in enumerate(layers)]
     hooks.append((f"blocks.{last_layer}.hook_resid_post", _stop))  # registered last: runs last
     if start == 0 and "lengths" not in group:
-        _run_batch(lm, texts, df, batches[0][:1], hooks, cap, measure=False)  # shapes from one row
+        _run_batch(lm, encoded, batches[0][:1], hooks, cap, measure=False)  # shapes from one row
         shapes = dict(cap.shapes)
         group.attrs.update({**settings, "sites": sites, "shapes": {k: list(v) for k, v in shapes.items()},
                             "reductions": list(config.reductions),
@@ -490,9 +495,9 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
             for b in range(start, len(batches)):
                 idx = batches[b]
                 # float16 error measured on every 8th batch
-                enc = _run_batch(lm, texts, df, idx, hooks, cap, measure=f16 and b % 8 == 0)
+                _run_batch(lm, encoded, idx, hooks, cap, measure=f16 and b % 8 == 0)
                 lo = b * config.batch_size
-                writes = [("lengths", (lo,), enc.lengths.cpu().numpy().astype(np.int32))]
+                writes = [("lengths", (lo,), lengths[idx].astype(np.int32))]
                 for site, got in cap.finish().items():
                     if got["exp"] is not None:
                         writes.append((f"scale/{site}", (lo,), got["exp"]))
@@ -521,17 +526,17 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
     return manifest
 
 
-def _run_batch(lm, texts, df, idx, hooks, cap: _Capture, measure: bool):
-    enc = lm.encoder.encode([texts[i] for i in idx], device=lm.device)
-    width = enc.input_ids.shape[1]
-    span = span_token_mask(enc.offsets, df["span_start"].to_numpy()[idx], df["span_end"].to_numpy()[idx], width)
-    cap.begin(enc.attention_mask.bool(), enc.last_index.to(lm.device), span.to(lm.device), measure)
+def _run_batch(lm, encoded, idx, hooks, cap: _Capture, measure: bool) -> None:
+    """Forward rows ``idx`` of ``encoded`` (ids, mask, span mask of every row) with the capture hooks."""
+    ids, mask, span = encoded
+    width = int(mask[idx].sum(1).max())  # right-padded: the batch alone would be this wide
+    ids, mask, span = (t[idx, :width].to(lm.device) for t in (ids, mask, span))
+    cap.begin(mask.bool(), mask.sum(1) - 1, span, measure)
     try:
         with torch.inference_mode(), lm.bridge.hooks(fwd_hooks=hooks):
-            lm.bridge(enc.input_ids, attention_mask=enc.attention_mask)
+            lm.bridge(ids, attention_mask=mask)
     except _StopForward:
         pass
-    return enc
 
 
 def main(argv: list[str] | None = None) -> int:
