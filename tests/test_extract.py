@@ -97,6 +97,38 @@ def test_float16_store_close_to_float32(rows, tmp_path):
     x, y = a.get("blocks.1.hook_resid_post", "mean"), b.get("blocks.1.hook_resid_post", "mean")
     assert (np.linalg.norm(x - y, axis=1) / np.linalg.norm(y, axis=1)).max() < 2e-3
     assert 0 < m16["float16_worst_relative_error"] < 2e-3
+    _assert_padding_bits_zero(tmp_path / "16", a)
+
+
+def _assert_padding_bits_zero(path, store):
+    """Padding is stored as +0 bit patterns (never -0 or leftovers), so it compresses away."""
+    import zarr
+
+    raw = np.asarray(zarr.open_group(str(path), mode="r")["tokens/hook_resid_post"][:])
+    lengths = store.labels["n_tokens"].to_numpy()
+    pad = np.arange(raw.shape[2])[None, :] >= lengths[:, None]  # [rows, max_len]
+    assert pad.any() and not raw.view(np.uint16)[pad.nonzero()[0], :, pad.nonzero()[1]].any()
+
+
+def test_float16_tokens_beyond_float16_range(tmp_path, rows):
+    """Per-token float16 storage of a residual far beyond 65504: scaled rows, finite, close to float32."""
+    lm = load_model("tiny-llama", device="cpu")
+    with torch.no_grad():
+        lm.bridge.original_model.model.embed_tokens.weight.mul_(1e6)
+    m16 = extract(lm, rows, tmp_path / "16", ExtractConfig(batch_size=4), progress=False)
+    extract(lm, rows, tmp_path / "32", ExtractConfig(batch_size=4, dtype="float32"), progress=False)
+    a, b = open_store(tmp_path / "16"), open_store(tmp_path / "32")
+    for layer in range(lm.cfg.n_layers):
+        hook = f"blocks.{layer}.hook_resid_post"
+        (x, mask), (y, _) = a.tokens(hook), b.tokens(hook)
+        assert np.abs(y).max() > 65504 and np.isfinite(x).all()
+        err = np.linalg.norm(x - y, axis=-1)[mask] / np.linalg.norm(y, axis=-1)[mask]
+        assert err.max() < 2e-3
+        for red in ("sentence_end", "mean"):
+            u, v = a.get(hook, red), b.get(hook, red)
+            assert (np.linalg.norm(u - v, axis=1) / np.linalg.norm(v, axis=1)).max() < 2e-3
+    assert 0 < m16["float16_worst_relative_error"] < 2e-3
+    _assert_padding_bits_zero(tmp_path / "16", a)
 
 
 def test_lazy_reads_touch_only_their_chunks(rows, tmp_path):
