@@ -152,7 +152,7 @@ class _Capture:
     def begin(self, mask: torch.Tensor, last: torch.Tensor, span: torch.Tensor, measure: bool) -> None:
         """mask, span bool [b, pos]; last long [b]; all on the forward's device."""
         m, sp = mask.float(), span.float()
-        self.mask, self.pad = m, ~mask[:, :, None]
+        self.pad = ~mask[:, :, None]
         self.span_n = sp.sum(1)
         onehot = torch.zeros_like(m)
         onehot[torch.arange(len(last), device=last.device), last] = 1.0
@@ -172,6 +172,7 @@ class _Capture:
         red = self.red.get(site)
         if red is None:
             red = self.red[site] = torch.empty((self.n_layers[site], b, 3, flat.shape[-1]), device=act.device)
+        # padding rows get weight 0; they are finite (right padding: padding positions attend to real tokens)
         torch.bmm(self.weights, flat, out=red[li])
         if not self.keep[site]:
             return
