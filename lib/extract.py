@@ -529,10 +529,11 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
 
 def _run_batch(lm, encoded, idx, hooks, cap: _Capture, measure: bool) -> None:
     """Forward rows ``idx`` of ``encoded`` (ids, mask, span mask of every row) with the capture hooks."""
-    ids, mask, span = encoded
-    width = int(mask[idx].sum(1).max())  # right-padded: the batch alone would be this wide
-    ids, mask, span = (t[idx, :width].to(lm.device) for t in (ids, mask, span))
-    cap.begin(mask.bool(), mask.sum(1) - 1, span, measure)
+    ids, mask, span = (t[idx] for t in encoded)
+    lengths = mask.sum(1)
+    width = int(lengths.max())  # right-padded: the batch alone would be this wide
+    ids, mask, span = (t[:, :width].to(lm.device) for t in (ids, mask, span))
+    cap.begin(mask.bool(), (lengths - 1).to(lm.device), span, measure)
     try:
         with torch.inference_mode(), lm.bridge.hooks(fwd_hooks=hooks):
             lm.bridge(ids, attention_mask=mask)
