@@ -183,8 +183,11 @@ class _Capture:
             if self.f16:
                 self.exp[site] = torch.zeros((b, self.n_layers[site]), dtype=torch.int8, device=act.device)
         out = dst[:, li].view(b, p, -1)
-        if self.f16 and not _fits_f16(flat):  # rare: beyond float16's range (or not finite)
-            x16, exp = _encode_f16(torch.where(self.pad, 0.0, flat)[:, None])
+        careful = self.f16 and not _fits_f16(flat)  # rare: beyond float16's range (or not finite)
+        measure = self.measure and self.f16
+        exact = torch.where(self.pad, 0.0, flat)[:, None] if careful or measure else None
+        if careful:
+            x16, exp = _encode_f16(exact)
             out.copy_(x16[:, 0])
             self.exp[site][:, li] = exp[:, 0]
         else:
@@ -192,8 +195,7 @@ class _Capture:
             if self.padded:
                 bits = out.view(self.keep_bits.dtype)
                 torch.bitwise_and(bits, self.keep_bits, out=bits)
-        if self.measure and self.f16:
-            exact = torch.where(self.pad, 0.0, flat)[:, None]
+        if measure:
             self.worst.append(_relative_error(out[:, None], self.exp[site][:, li:li + 1], exact))
 
     def finish(self) -> dict[str, dict]:
