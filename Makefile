@@ -36,12 +36,12 @@ $(STAMP): requirements.txt requirements-lock.txt
 setup: $(STAMP)
 
 weights: setup
-	$(PY) -m lib.weights smollm2-135m gemma3-270m
+	$(PY) -m lib.models.weights smollm2-135m gemma3-270m
 
 reproduce: setup
 	$(PY) -m lib.pipeline --run $(RUN) --check
 ifeq ($(RUN),default)
-	$(PY) -m lib.weights smollm2-135m gemma3-270m
+	$(PY) -m lib.models.weights smollm2-135m gemma3-270m
 endif
 	$(PY) -m lib.pipeline --run $(RUN)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_info
 
-from lib.cka import cka_matrix, debiased_cka, linear_cka, permutation_test, rbf_cka
+from lib.geometry.cka import cka_matrix, debiased_cka, linear_cka, permutation_test, rbf_cka
 
 SINGLE = {"linear": linear_cka, "debiased": debiased_cka, "rbf": rbf_cka}
 

@@ -3,7 +3,7 @@
 (a) forward through all blocks, no hooks, no unembedding: the floor for this work.
 (b) the seed's way: run_with_cache of resid_pre and resid_post of every layer, with logits,
     held in memory as float32, then written to a scratch pickle file (written, never read back).
-(c) lib.extract with the default sites (resid_pre, resid_post, mlp_out, attn_out; every token plus
+(c) lib.activations.extract with the default sites (resid_pre, resid_post, mlp_out, attn_out; every token plus
     the reductions) written to a float16 zarr store.
 Then the peak RSS of (c) in fresh processes at 1x and 4x the rows (CPU only: skipped with --device cuda).
 
@@ -31,10 +31,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-import lib  # noqa: F401
-from lib.datasets import load_profiles
-from lib.extract import ExtractConfig, _StopForward, extract
-from lib.models import load_model
+from lib.settings import apply_hub_policy
+
+apply_hub_policy()  # before transformers is imported
+from lib.text.datasets import load_profiles
+from lib.activations.extract import ExtractConfig, _StopForward, extract
+from lib.models.loading import load_model
 
 
 def rows(n: int) -> pd.DataFrame:

@@ -16,9 +16,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import lib  # noqa: F401
+from lib.settings import apply_hub_policy
+
+apply_hub_policy()  # before transformers is imported
 from extraction import bare_forward, batches, ours, rows  # the script beside this one
-from lib.models import load_model
+from lib.models.loading import load_model
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ For every head of every layer, mean-ablate the head (its z replaced by its mean 
 and read the readout at the last token (a probe on the last layer's resid_post and the
 log-probability of continuation tokens): at the last position only, and at all positions.
 (naive) one full TransformerLens forward per head, z edited on blocks.L.attn.hook_z;
-(fast)  lib.head_sweep.sweep_fast: starts from the cached clean residual at layer L, recomputes only
+(fast)  lib.interventions.sweep.sweep_fast: starts from the cached clean residual at layer L, recomputes only
         the last token against cached keys and values (last position), all heads of a layer in one
         batch, unembedding only at the last position.
 Prints times, ratios, the largest difference between the two, and the Spearman correlation of
@@ -25,13 +25,15 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-import lib  # noqa: F401
-from lib.datasets import load_profiles
-from lib.head_scores import attribution_patching
-from lib.head_sweep import clean_state, continuation_ids, mean_head_z, readout_from_probe, sweep_fast, sweep_naive
-from lib.models import load_model
-from lib.probes import fit_probe
-from lib.text_metrics import load_lexicon
+from lib.settings import apply_hub_policy
+
+apply_hub_policy()  # before transformers is imported
+from lib.text.datasets import load_profiles
+from lib.interventions.scores import attribution_patching
+from lib.interventions.sweep import clean_state, continuation_ids, mean_head_z, readout_from_probe, sweep_fast, sweep_naive
+from lib.models.loading import load_model
+from lib.geometry.probes import fit_probe
+from lib.text.generated import load_lexicon
 
 
 def sync(device) -> None:

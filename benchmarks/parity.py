@@ -8,10 +8,12 @@ from __future__ import annotations
 import sys
 import time
 
-import lib  # noqa: F401
-from lib.models import load_model
-from lib.parity import batch_consistency, greedy_continuation, logit_parity
-from lib.tiny import TINY_NAMES
+from lib.settings import apply_hub_policy
+
+apply_hub_policy()  # before transformers is imported
+from lib.models.loading import load_model
+from lib.models.parity import batch_consistency, greedy_continuation, logit_parity
+from lib.models.tiny import TINY_NAMES
 
 TEXTS = ["Thank you so much for staying late to help me move.", "Sorry.",
          "Why on earth would you cancel without telling anyone?", "The meeting moved to room 4B"]

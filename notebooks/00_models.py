@@ -44,10 +44,10 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from lib.models import load_model
-from lib.parity import batch_consistency, greedy_continuation, logit_parity, reference_hf_model
-from lib.provenance import save_summary
-from lib.results import prepare_output_dir, provenance_markdown
+from lib.models.loading import load_model
+from lib.models.parity import batch_consistency, greedy_continuation, logit_parity, reference_hf_model
+from lib.pipeline.provenance import save_summary
+from lib.pipeline.results import prepare_output_dir, provenance_markdown
 
 torch.manual_seed(seed)
 out = prepare_output_dir(output_dir)

@@ -45,14 +45,14 @@ import pandas as pd
 import plotly.express as px
 from IPython.display import HTML, Markdown, display
 
-from lib.datasets import load_profiles
-from lib.display import examples_html
-from lib.leakage import near_duplicates
-from lib.models import load_encoder
-from lib.plots import EMOTION_COLORS, emotion_order, setup_plotly
-from lib.provenance import save_summary
-from lib.results import prepare_output_dir, provenance_markdown
-from lib.text_stats import distinctive_words, surface_baseline, surface_features
+from lib.text.datasets import load_profiles
+from lib.report.display import examples_html
+from lib.text.leakage import near_duplicates
+from lib.models.encoding import load_encoder
+from lib.report.plots import EMOTION_COLORS, emotion_order, setup_plotly
+from lib.pipeline.provenance import save_summary
+from lib.pipeline.results import prepare_output_dir, provenance_markdown
+from lib.text.statistics import distinctive_words, surface_baseline, surface_features
 
 setup_plotly()
 out = prepare_output_dir(output_dir)

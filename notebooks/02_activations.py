@@ -64,13 +64,14 @@ import pandas as pd
 import plotly.express as px
 from IPython.display import Markdown, display
 
-from lib.activations import extract_all, norm_profile, pca_panels, resolve_stores_dir, store_table
-from lib.extract import ExtractConfig
-from lib.plots import EMOTION_COLORS, setup_plotly
-from lib.provenance import relative, save_summary
-from lib.results import prepare_output_dir, provenance_markdown
-from lib.store import open_store
-from lib.tracking import log_stores_to_mlflow
+from lib.activations.runs import extract_all, resolve_stores_dir
+from lib.phases.activations import norm_profile, pca_panels, store_table
+from lib.activations.extract import ExtractConfig
+from lib.report.plots import EMOTION_COLORS, setup_plotly
+from lib.pipeline.provenance import relative, save_summary
+from lib.pipeline.results import prepare_output_dir, provenance_markdown
+from lib.activations.store import open_store
+from lib.pipeline.tracking import log_stores_to_mlflow
 
 setup_plotly()
 out = prepare_output_dir(output_dir)

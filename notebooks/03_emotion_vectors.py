@@ -63,14 +63,14 @@ import pandas as pd
 import plotly.express as px
 from IPython.display import Markdown, display
 
-from lib.activations import obtain_stores
-from lib.emotion_vectors import (best_layer, cosine_long, directions_array, directions_by_layer, fit_layers,
+from lib.activations.runs import obtain_stores
+from lib.phases.emotion_vectors import (best_layer, cosine_long, directions_array, directions_by_layer, fit_layers,
                                  probe_curves, probe_directions, projection_table, reading_layers,
                                  stability_by_layer, subspace_dims, transfer_table)
-from lib.layerwise import load_layers
-from lib.plots import EMOTION_COLORS, setup_plotly
-from lib.provenance import save_summary
-from lib.results import prepare_output_dir, provenance_markdown
+from lib.activations.layerwise import load_layers
+from lib.report.plots import EMOTION_COLORS, setup_plotly
+from lib.pipeline.provenance import save_summary
+from lib.pipeline.results import prepare_output_dir, provenance_markdown
 
 setup_plotly()
 np.random.seed(seed)

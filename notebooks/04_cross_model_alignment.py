@@ -58,13 +58,13 @@ import pandas as pd
 import plotly.express as px
 from IPython.display import Markdown, display
 
-from lib.activations import obtain_stores
-from lib.alignment import aligned_subspace_angles, best_matches, cka_tables, paired_sample, procrustes_table
-from lib.cka import layer_matching_accuracy
-from lib.layerwise import load_layers
-from lib.plots import setup_plotly
-from lib.provenance import save_summary
-from lib.results import prepare_output_dir, provenance_markdown
+from lib.activations.runs import obtain_stores
+from lib.phases.cross_model_alignment import aligned_subspace_angles, best_matches, cka_tables, paired_sample, procrustes_table
+from lib.geometry.cka import layer_matching_accuracy
+from lib.activations.layerwise import load_layers
+from lib.report.plots import setup_plotly
+from lib.pipeline.provenance import save_summary
+from lib.pipeline.results import prepare_output_dir, provenance_markdown
 
 setup_plotly()
 out = prepare_output_dir(output_dir)

@@ -73,20 +73,20 @@ import plotly.express as px
 import torch
 from IPython.display import Markdown, display
 
-from lib import show_progress
-from lib.activations import obtain_stores
-from lib.datasets import load_profiles
-from lib.directions import diff_of_means
-from lib.head_phase import analyse_emotion, choose_prompts, head_set_effects
-from lib.head_sweep import continuation_ids, readout_from_probe
-from lib.layerwise import load_layers
-from lib.models import load_model
+from lib.settings import show_progress
+from lib.activations.runs import obtain_stores
+from lib.text.datasets import load_profiles
+from lib.geometry.directions import diff_of_means
+from lib.phases.heads import analyse_emotion, choose_prompts, head_set_effects
+from lib.interventions.sweep import continuation_ids, readout_from_probe
+from lib.activations.layerwise import load_layers
+from lib.models.loading import load_model
 from lib.paths import RESULTS
-from lib.plots import EMOTION_COLORS, setup_plotly
-from lib.probes import fit_probe
-from lib.provenance import save_summary
-from lib.results import prepare_output_dir, provenance_markdown
-from lib.text_metrics import load_lexicon
+from lib.report.plots import EMOTION_COLORS, setup_plotly
+from lib.geometry.probes import fit_probe
+from lib.pipeline.provenance import save_summary
+from lib.pipeline.results import prepare_output_dir, provenance_markdown
+from lib.text.generated import load_lexicon
 
 setup_plotly()
 np.random.seed(seed)

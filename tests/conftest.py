@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-import lib  # noqa: F401  (offline hub policy before transformers is imported)
-from lib.models import load_model
-from lib.tiny import TINY_NAMES
+from lib.settings import apply_hub_policy
+
+apply_hub_policy()  # before transformers is imported
+from lib.models.loading import load_model
+from lib.models.tiny import TINY_NAMES
 
 TEXTS = [
     "Thank you so much for staying late to help me move.",

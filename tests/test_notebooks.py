@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from lib.paths import NOTEBOOKS, PARAMS
-from lib.pipeline import stems
+from lib.pipeline.runner import stems
 
 
 @pytest.mark.parametrize("stem", stems())

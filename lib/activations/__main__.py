@@ -1,0 +1,4 @@
+"""``python -m lib.activations``: extract activations into a store (see ``lib.activations.cli``)."""
+from lib.activations.extract import main
+
+raise SystemExit(main())

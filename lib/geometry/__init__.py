@@ -1,0 +1,2 @@
+"""Geometry of activations: emotion directions and subspaces, linear probes, CKA, Procrustes.
+"""

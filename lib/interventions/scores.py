@@ -1,0 +1,117 @@
+"""Screening scores for every attention head, and attribution patching (gradient-based).
+
+All scores compare emotion prompts with neutral prompts (``emotion - neutral``, means over prompts):
+
+- ``attn_last``: attention mass the last position puts on the emotion-bearing span tokens,
+  sum_{k in span} A[last, k];
+- ``attn_all``: the same averaged over every query position, mean_q sum_{k in span, k <= q} A[q, k];
+- ``norm_last`` / ``norm_all``: the norm of the head's output z_h W_O^h at the last position / mean over positions;
+- ``direct``: the head's last-position output projected on a unit emotion direction d at the last
+  layer, (z_h W_O^h) . d, its direct effect on the residual stream along d (for Gemma 3 the
+  post-attention norm rescales it afterwards).
+
+Attribution patching (Nanda 2023) estimates the exact patching effect of every head at once from
+one forward and one backward pass on the target prompts: a_h ~ sum_pos (z_src - z_tgt)_h . dm/dz_h.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lib.interventions.sweep import Readout, model_dims, block_output, readout_metrics
+from lib.interventions.heads import arch_of, get_path, head_out_weight
+
+__all__ = ["SCORES", "head_activity", "screening_scores", "attribution_patching"]
+
+SCORES = ("attn_last", "attn_all", "norm_last", "norm_all", "direct")
+
+
+@torch.inference_mode()
+def head_activity(lm, input_ids: torch.Tensor, span: torch.Tensor, direction: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Per prompt, layer and head [n, L, H]: the five quantities behind ``SCORES`` on one batch of
+    prompts of one length (``span`` bool [n, T] marks the emotion-bearing tokens)."""
+    hf = lm.bridge.original_model
+    n_layers, n_heads, d_head = model_dims(hf)
+    names = [f"blocks.{i}.attn.hook_{k}" for i in range(n_layers) for k in ("pattern", "z")]
+    _, cache = lm.bridge.run_with_cache(input_ids, names_filter=names)
+    sp = span.to(device=input_ids.device, dtype=torch.float32)
+    T = input_ids.shape[1]
+    causal_span = torch.tril(torch.ones(T, T, device=sp.device))[None] * sp[:, None, :]  # [n, q, k]
+    out = {k: np.zeros((input_ids.shape[0], n_layers, n_heads)) for k in SCORES}
+    d = None if direction is None else (direction / direction.norm()).float()
+    for layer in range(n_layers):
+        pat = cache[f"blocks.{layer}.attn.hook_pattern"].float()  # [n, H, q, k]
+        z = cache[f"blocks.{layer}.attn.hook_z"].float()  # [n, T, H, dh]
+        out["attn_last"][:, layer] = (pat[:, :, -1, :] * sp[:, None, :]).sum(-1).cpu().numpy()
+        out["attn_all"][:, layer] = (pat * causal_span[:, None]).sum(-1).mean(-1).cpu().numpy()
+        w = torch.stack([head_out_weight(hf, layer, h, d_head).detach().float() for h in range(n_heads)])  # [H, dh, D]
+        res = torch.einsum("nthd,hdm->nthm", z, w)  # [n, T, H, D]
+        norms = res.norm(dim=-1)
+        out["norm_last"][:, layer] = norms[:, -1].cpu().numpy()
+        out["norm_all"][:, layer] = norms.mean(1).cpu().numpy()
+        if d is not None:
+            out["direct"][:, layer] = (res[:, -1] @ d.to(res.device)).cpu().numpy()
+    if d is None:
+        del out["direct"]
+    return out
+
+
+def screening_scores(emotion: dict[str, np.ndarray], neutral: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Long table (layer, head, score, value): mean over emotion prompts minus mean over neutral prompts."""
+    rows = []
+    for key in emotion:
+        diff = emotion[key].mean(0) - neutral[key].mean(0)  # [L, H]
+        for (layer, head), v in np.ndenumerate(diff):
+            rows.append({"layer": layer, "head": head, "score": key, "value": float(v)})
+    return pd.DataFrame(rows)
+
+
+def attribution_patching(hf, target_ids: torch.Tensor, source_z: list[torch.Tensor], readout: Readout, cls: str,
+                         positions: str = "last") -> np.ndarray:
+    """[L, H]: attribution estimate of patching each head's z from the source prompts into the target
+    prompts (row i from source row i), on the mean probe probability of ``cls`` at the last position.
+
+    One forward and one backward pass: a[L, h] = mean_i sum_pos (z_src - z_tgt)[i, pos, h] . grad[i, pos, h]
+    (``positions="last"``: the last position only).
+    """
+    if positions not in ("last", "all"):
+        raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
+    if cls not in readout.classes:
+        raise ValueError(f"class {cls!r} is not one of the probe's {readout.classes}")
+    arch = arch_of(hf)
+    blocks = get_path(hf, arch.layers)
+    n_layers, n_heads, d_head = model_dims(hf)
+    zs, box, handles = [None] * n_layers, {}, []
+
+    def embed_hook(module, args, output):  # gradients flow from here on, whatever the parameters say
+        return output.detach().requires_grad_(True)
+
+    handles.append(hf.get_input_embeddings().register_forward_hook(embed_hook))
+    for i, block in enumerate(blocks):
+        def zpre(module, args, i=i):
+            args[0].retain_grad()
+            zs[i] = args[0]
+        handles.append(get_path(block, arch.out_proj).register_forward_pre_hook(zpre))
+        if i == readout.layer:
+            handles.append(block.register_forward_hook(lambda m, a, o: box.__setitem__("resid", block_output(o))))
+    try:
+        with torch.enable_grad():
+            hf.base_model(input_ids=target_ids)
+            probs = readout_metrics(box["resid"][:, -1], None, Readout(readout.layer, readout.weight, readout.bias,
+                                                                        readout.classes))["probs"]
+            probs[:, readout.classes.index(cls)].mean().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    n, T = target_ids.shape
+    out = np.zeros((n_layers, n_heads))
+    for layer in range(n_layers):
+        z = zs[layer]
+        grad = (z.grad if z.grad is not None else torch.zeros_like(z)).view(n, T, n_heads, d_head)
+        delta = source_z[layer].float() - z.detach().view(n, T, n_heads, d_head)
+        if positions == "last":
+            delta, grad = delta[:, -1:], grad[:, -1:]
+        # grad is of the mean over prompts (it carries 1/n): the sum over prompts is the mean attribution
+        out[layer] = ((delta * grad).sum((1, 3)).sum(0)).cpu().numpy()
+    return out

@@ -1,0 +1,252 @@
+"""Extraction and stores against independent computations: HF hidden states, hand reductions,
+one-prompt-at-a-time runs; plus resume after SIGKILL, lazy reads and bad inputs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lib.text.datasets import load_profile
+from lib.activations.extract import ExtractConfig, StoreMismatchError, _from_store, _row_exponents, _to_store, extract
+from lib.models.loading import load_model
+from lib.models.parity import reference_hf_model
+from lib.pipeline.provenance import IncompleteResultsError
+from lib.activations.store import StoreError, open_store
+
+
+@pytest.fixture(scope="module")
+def rows():
+    df = load_profile("baseline", max_per_emotion=3, seed=1)
+    return df
+
+
+def _files(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def test_store_matches_hugging_face_and_hand_reductions(tiny, rows, tmp_path):
+    """sentence-end, mean and span reductions of blocks.0.hook_resid_post, by hand from HF hidden states."""
+    extract(tiny, rows, tmp_path / "s", ExtractConfig(batch_size=5, dtype="float32"), progress=False)
+    store = open_store(tmp_path / "s")
+    labels = store.labels
+    ref = reference_hf_model(tiny)
+    enc = tiny.encode(labels["text"].tolist())
+    with torch.inference_mode():
+        hidden = ref(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                     output_hidden_states=True).hidden_states[1].numpy()
+    hook = "blocks.0.hook_resid_post"
+    got = {r: store.get(hook, r) for r in ("sentence_end", "mean", "span")}
+    tokens, mask = store.tokens(hook)
+    for i, row in labels.iterrows():
+        n = int(enc.lengths[i])
+        h = hidden[i, :n]
+        in_span = [j for j, (s, e) in enumerate(enc.offsets[i]) if e > s and e > row.span_start and s < row.span_end]
+        assert np.abs(got["sentence_end"][i] - h[-1]).max() < 1e-4
+        assert np.abs(got["mean"][i] - h.mean(0)).max() < 1e-4
+        assert np.abs(got["span"][i] - h[in_span].mean(0)).max() < 1e-4
+        assert mask[i].sum() == n and np.abs(tokens[i, :n] - h).max() < 1e-4
+        assert not tokens[i, n:].any()  # padding stored as zeros, masked out
+
+
+def test_batched_equals_one_prompt_at_a_time(tiny, rows, tmp_path):
+    cfg = dict(dtype="float32", per_head=True, token_sites=("*",))
+    extract(tiny, rows, tmp_path / "b", ExtractConfig(batch_size=6, **cfg), progress=False)
+    extract(tiny, rows, tmp_path / "one", ExtractConfig(batch_size=1, **cfg), progress=False)
+    a, b = open_store(tmp_path / "b"), open_store(tmp_path / "one")
+    assert a.hooks == b.hooks and "blocks.1.attn.hook_z" in a.hooks
+    for hook in a.hooks:
+        for red in ("sentence_end", "mean"):
+            assert np.abs(a.get(hook, red) - b.get(hook, red)).max() < 1e-4, (hook, red)
+        ta, ma = a.tokens(hook)
+        tb, mb = b.tokens(hook)
+        assert (ma == mb).all() and np.abs(ta - tb).max() < 1e-4
+
+
+def test_resid_pre_alias_is_exact(rows, tmp_path):
+    lm = load_model("tiny-llama", device="cpu")
+    extract(lm, rows, tmp_path / "s", ExtractConfig(dtype="float32"), progress=False)
+    extract(lm, rows, tmp_path / "pre", ExtractConfig(hooks=("blocks.1.hook_resid_pre",), dtype="float32"),
+            progress=False)
+    aliased, direct = open_store(tmp_path / "s"), open_store(tmp_path / "pre")
+    assert "blocks.1.hook_resid_pre" in aliased.attrs["aliases"]
+    assert np.array_equal(aliased.tokens("blocks.1.hook_resid_pre")[0], direct.tokens("blocks.1.hook_resid_pre")[0])
+
+
+def test_float16_scaling_keeps_values_beyond_float16_range():
+    x = torch.randn(3, 2, 5, 8) * torch.tensor([1.0, 1e3, 2e5]).view(3, 1, 1, 1)  # 2e5 > 65504
+    exp = _row_exponents(x)
+    back = _from_store(_to_store(x, exp), exp)
+    assert torch.isfinite(back).all()
+    rel = (back - x).flatten(2).norm(dim=-1) / x.flatten(2).norm(dim=-1)
+    assert rel.max() < 1e-3 and exp[0].eq(0).all() and exp[2].gt(0).all()
+
+
+def test_float16_store_close_to_float32(rows, tmp_path):
+    lm = load_model("tiny-gpt2", device="cpu")
+    m16 = extract(lm, rows, tmp_path / "16", ExtractConfig(), progress=False)
+    extract(lm, rows, tmp_path / "32", ExtractConfig(dtype="float32"), progress=False)
+    a, b = open_store(tmp_path / "16"), open_store(tmp_path / "32")
+    x, y = a.get("blocks.1.hook_resid_post", "mean"), b.get("blocks.1.hook_resid_post", "mean")
+    assert (np.linalg.norm(x - y, axis=1) / np.linalg.norm(y, axis=1)).max() < 2e-3
+    assert 0 < m16["float16_worst_relative_error"] < 2e-3
+    _assert_padding_bits_zero(tmp_path / "16", a)
+
+
+def _assert_padding_bits_zero(path, store):
+    """Padding is stored as +0 bit patterns (never -0 or leftovers), so it compresses away."""
+    import zarr
+
+    raw = np.asarray(zarr.open_group(str(path), mode="r")["tokens/hook_resid_post"][:])
+    lengths = store.labels["n_tokens"].to_numpy()
+    pad = np.arange(raw.shape[2])[None, :] >= lengths[:, None]  # [rows, max_len]
+    assert pad.any() and not raw.view(np.uint16)[pad.nonzero()[0], :, pad.nonzero()[1]].any()
+
+
+def test_float16_tokens_beyond_float16_range(tmp_path, rows):
+    """Per-token float16 storage of a residual far beyond 65504: scaled rows, finite, close to float32."""
+    lm = load_model("tiny-llama", device="cpu")
+    with torch.no_grad():
+        lm.bridge.original_model.model.embed_tokens.weight.mul_(1e6)
+    m16 = extract(lm, rows, tmp_path / "16", ExtractConfig(batch_size=4), progress=False)
+    extract(lm, rows, tmp_path / "32", ExtractConfig(batch_size=4, dtype="float32"), progress=False)
+    a, b = open_store(tmp_path / "16"), open_store(tmp_path / "32")
+    for layer in range(lm.cfg.n_layers):
+        hook = f"blocks.{layer}.hook_resid_post"
+        (x, mask), (y, _) = a.tokens(hook), b.tokens(hook)
+        assert np.abs(y).max() > 65504 and np.isfinite(x).all()
+        err = np.linalg.norm(x - y, axis=-1)[mask] / np.linalg.norm(y, axis=-1)[mask]
+        assert err.max() < 2e-3
+        for red in ("sentence_end", "mean"):
+            u, v = a.get(hook, red), b.get(hook, red)
+            assert (np.linalg.norm(u - v, axis=1) / np.linalg.norm(v, axis=1)).max() < 2e-3
+    assert 0 < m16["float16_worst_relative_error"] < 2e-3
+    _assert_padding_bits_zero(tmp_path / "16", a)
+
+
+def test_lazy_reads_touch_only_their_chunks(rows, tmp_path):
+    lm = load_model("tiny-gpt2", device="cpu")
+    extract(lm, rows, tmp_path / "s", ExtractConfig(batch_size=4, token_sites=("*",)), progress=False)
+    store = open_store(tmp_path / "s")
+    full = store.get("blocks.1.hook_mlp_out", "sentence_end")
+    anger = store.get("blocks.1.hook_mlp_out", "sentence_end", emotion="anger")
+    assert np.array_equal(anger, full[store.labels["emotion"].to_numpy() == "anger"])
+    assert np.array_equal(store.get("blocks.1.hook_mlp_out", rows=slice(4, 8)), full[4:8])
+    x, labels = store.select("blocks.1.hook_mlp_out", emotion="anger")
+    assert np.array_equal(x, anger) and (labels["emotion"] == "anger").all() and len(labels) == len(x)
+    # delete every per-token chunk except layer 1's first row chunk: that read still works
+    tokens_dir = tmp_path / "s" / "tokens" / "hook_mlp_out" / "c"
+    keep = tokens_dir / "0" / "1"
+    for f in tokens_dir.rglob("*"):
+        if f.is_file() and keep not in f.parents:
+            f.unlink()
+    t, m = store.tokens("blocks.1.hook_mlp_out", rows=slice(0, 4))
+    assert t.shape[0] == 4 and m.any()
+
+
+def test_resume_after_sigkill_is_byte_identical(tmp_path):
+    script = f"""
+from lib.settings import apply_hub_policy; apply_hub_policy()
+from lib.text.datasets import load_profile
+from lib.activations.extract import ExtractConfig, extract
+from lib.models.loading import load_model
+import lib.activations.extract as E, time
+orig = E._run_batch
+def slow(*a, **k):
+    time.sleep(0.15)
+    return orig(*a, **k)
+E._run_batch = slow
+extract(load_model("tiny-pythia", device="cpu"), load_profile("baseline", max_per_emotion=10, seed=2),
+        {str(tmp_path / "killed")!r}, ExtractConfig(batch_size=2), progress=False)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ})
+    progress = tmp_path / "killed" / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if progress.exists() and json.loads(progress.read_text())["batches_done"] >= 4:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    with pytest.raises(IncompleteResultsError, match="unfinished activation store"):
+        open_store(tmp_path / "killed")
+    lm = load_model("tiny-pythia", device="cpu")
+    df = load_profile("baseline", max_per_emotion=10, seed=2)
+    resumed = extract(lm, df, tmp_path / "killed", ExtractConfig(batch_size=2), progress=False)
+    assert resumed["resumed_at_batch"] >= 4
+    extract(lm, df, tmp_path / "clean", ExtractConfig(batch_size=2), progress=False)
+    assert _files(tmp_path / "killed") == _files(tmp_path / "clean")
+
+
+def test_bad_inputs(rows, tmp_path):
+    lm = load_model("tiny-gpt2", device="cpu")
+    with pytest.raises(ValueError, match=r"'blocks.0.hook_resid_pots' is not a hook of tiny-gpt2"):
+        extract(lm, rows, tmp_path / "a", ExtractConfig(hooks=("blocks.0.hook_resid_pots",)), progress=False)
+    with pytest.raises(ValueError, match=r"layer\(s\) \[2\] out of range for tiny-gpt2, which has 2 layers"):
+        extract(lm, rows, tmp_path / "a", ExtractConfig(layers=(0, 2)), progress=False)
+    with pytest.raises(ValueError, match="no rows to extract"):
+        extract(lm, rows.iloc[:0], tmp_path / "a", ExtractConfig(), progress=False)
+    extract(lm, rows, tmp_path / "s", ExtractConfig(layers=(1,)), progress=False)
+    with pytest.raises(StoreMismatchError, match="other settings"):
+        extract(lm, rows, tmp_path / "s", ExtractConfig(layers=(0,)), progress=False)
+    store = open_store(tmp_path / "s")
+    with pytest.raises(StoreError, match=r"'blocks.0.hook_resid_post' is not in the store"):
+        store.get("blocks.0.hook_resid_post")
+    with pytest.raises(StoreError, match=r"keeps every token only for sites \['hook_resid_pre', 'hook_resid_post'\], not 'hook_mlp_out'"):
+        store.tokens("blocks.1.hook_mlp_out")
+    with pytest.raises(StoreError, match=r"emotion filter \['joy'\] not in this store's emotions"):
+        store.get("blocks.1.hook_resid_post", emotion="joy")
+    chunk = next((tmp_path / "s" / "sentence_end" / "hook_resid_post").rglob("c/*/*/*"))
+    chunk.write_bytes(b"garbage" * 10)
+    with pytest.raises(StoreError, match="corrupted or truncated; delete the store and extract again"):
+        open_store(tmp_path / "s").get("blocks.1.hook_resid_post")
+
+
+def test_reduction_only_sites_are_scaled_from_their_reductions(tmp_path, rows):
+    """A site without per-token storage still survives values beyond float16 (exponent from reductions)."""
+    lm = load_model("tiny-llama", device="cpu")
+    with torch.no_grad():
+        lm.bridge.original_model.model.embed_tokens.weight.mul_(1e6)  # residual far beyond 65504
+    extract(lm, rows, tmp_path / "16", ExtractConfig(token_sites=()), progress=False)
+    extract(lm, rows, tmp_path / "32", ExtractConfig(token_sites=(), dtype="float32"), progress=False)
+    a, b = open_store(tmp_path / "16"), open_store(tmp_path / "32")
+    x, y = a.get("blocks.0.hook_resid_post", "mean"), b.get("blocks.0.hook_resid_post", "mean")
+    assert np.abs(y).max() > 65504 and np.isfinite(x).all()
+    assert (np.linalg.norm(x - y, axis=1) / np.linalg.norm(y, axis=1)).max() < 2e-3
+
+
+def test_chunk_encoder_writes_the_files_zarr_writes(tmp_path):
+    """Our direct chunk writes equal zarr's own, file for file, incl. partial edge chunks."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from lib.activations.extract import _ChunkEncoder
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((5, 3, 7, 4)).astype(np.float16)  # 5 rows of a 4-row chunk grid: edge chunk
+    comp = [BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")]
+    for root in ("zarr", "ours"):
+        group = zarr.open_group(str(tmp_path / root), mode="w")
+        group.create_array("t/x", shape=(8, 3, 9, 4), chunks=(4, 1, 4, 4), dtype=np.float16, compressors=comp,
+                           fill_value=0)
+    zgroup = zarr.open_group(str(tmp_path / "zarr"), mode="a")
+    full = np.zeros((8, 3, 9, 4), np.float16)
+    full[:5, :, :7] = data
+    zgroup["t/x"][:] = full  # zarr writes every chunk, all-zero ones included only if not empty
+    ours = _ChunkEncoder(tmp_path / "ours", "t/x", zarr.open_group(str(tmp_path / "ours"))["t/x"])
+    ours.write((0,), np.pad(data, ((0, 0), (0, 0), (0, 1), (0, 0))))  # 8 positions: 2 full position chunks
+    zfiles = {p.relative_to(tmp_path / "zarr"): p.read_bytes() for p in (tmp_path / "zarr").rglob("c/**/*") if p.is_file()}
+    ofiles = {p.relative_to(tmp_path / "ours"): p.read_bytes() for p in (tmp_path / "ours").rglob("c/**/*") if p.is_file()}
+    assert zfiles and set(ofiles) <= set(zfiles)
+    for key, blob in ofiles.items():
+        assert blob == zfiles[key], key
+    back = np.asarray(zarr.open_group(str(tmp_path / "ours"), mode="r")["t/x"][:])
+    assert np.array_equal(back, full)
