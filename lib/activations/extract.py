@@ -26,12 +26,13 @@ import pandas as pd
 import torch
 
 from lib.activations.names import check_hook_names, check_layers
+from lib.models.encoding import span_token_mask
 from lib.pipeline.provenance import relative, write_json
 from lib.settings import apply_hub_policy, progress_bar
 from lib.activations.store import FORMAT_VERSION, REDUCTIONS, quiet_zarr, store_complete
 
 __all__ = ["DEFAULT_SITES", "ExtractConfig", "default_hook_names", "hook_names_for", "extract",
-           "span_token_mask", "dataset_sha256", "StoreMismatchError"]
+           "dataset_sha256", "StoreMismatchError"]
 
 DEFAULT_SITES = ("hook_resid_pre", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
 _F16_MAX_EXP = 15  # scale rows so that max |x| < 2**15 = 32768 < 65504
@@ -98,18 +99,6 @@ def dataset_sha256(df: pd.DataFrame) -> str:
     cols = ["id", "text", "emotion", "profile", "split", "span_start", "span_end"]
     payload = df[cols].astype(str).to_csv(index=False).encode()
     return hashlib.sha256(payload).hexdigest()
-
-
-def span_token_mask(offsets: list[list[tuple[int, int]]], starts, ends, width: int) -> torch.Tensor:
-    """bool [rows, width]: tokens whose character range overlaps the row's span (BOS never does)."""
-    mask = torch.zeros((len(offsets), width), dtype=torch.bool)
-    for i, (row, s, e) in enumerate(zip(offsets, starts, ends)):
-        if s is None or pd.isna(s):
-            continue
-        for j, (ts, te) in enumerate(row):
-            if te > ts and te > s and ts < e:
-                mask[i, j] = True
-    return mask
 
 
 def _layer_of(name: str) -> int:

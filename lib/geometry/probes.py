@@ -34,7 +34,7 @@ from lib.text.leakage import near_duplicates, normalize
 
 __all__ = [
     "MAX_ITER", "ProbeResult", "text_groups", "grouped_folds", "make_probe", "probe_cv", "shuffled_label_control",
-    "probe_by_layer", "fit_probe", "transfer_eval", "probe_direction", "bootstrap_ci",
+    "probe_by_layer", "fit_probe", "transfer_eval", "probe_direction", "class_weights", "bootstrap_ci",
 ]
 
 # lbfgs at C=1, tol=1e-4 on standardised features: ~50-250 iterations on gemma3-270m sentence-end residuals
@@ -314,6 +314,23 @@ def transfer_eval(pipeline, x_test, y_test, labels=EMOTIONS) -> dict:
             "missing": [c for c, a in zip(labels, absent) if a], "pred": pred}
 
 
+def class_weights(logreg) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients [classes, d] and intercepts [classes] of a fitted ``LogisticRegression``, one row per class.
+
+    A binary fit has one row (for ``classes_[1]``); it becomes the pair ``[-z/2, z/2]``, whose softmax equals
+    the logistic. Dtypes are the fit's own.
+
+    >>> p = fit_probe([[0.0], [1.0], [0.1], [0.9]], ["anger", "neutral"] * 2)
+    >>> w, b = class_weights(p.named_steps["logreg"])
+    >>> w.shape, bool(np.allclose(w[0], -w[1]))
+    ((2, 1), True)
+    """
+    coef, icpt = logreg.coef_, logreg.intercept_
+    if coef.shape[0] == 1:
+        return np.vstack([-coef / 2, coef / 2]), np.array([-icpt[0] / 2, icpt[0] / 2])
+    return coef, icpt
+
+
 def probe_direction(pipeline, emotion, x=None, y=None) -> np.ndarray:
     """Unit direction [d] in the original activation space that raises ``emotion``'s logit over the mean logit.
 
@@ -331,9 +348,7 @@ def probe_direction(pipeline, emotion, x=None, y=None) -> np.ndarray:
     classes = list(logreg.classes_)
     if emotion not in classes:
         raise ValueError(f"class {emotion!r} is not one the probe was fitted on; its classes: {classes}")
-    coef = logreg.coef_
-    if coef.shape[0] == 1:  # binary: one row, for classes_[1]
-        coef = np.vstack([-coef[0], coef[0]]) / 2
+    coef, _ = class_weights(logreg)
     w = coef[classes.index(emotion)] - coef.mean(axis=0)
     if "pca" in steps:
         w = steps["pca"].components_.T @ w

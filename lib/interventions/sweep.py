@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lib.geometry.probes import class_weights
 from lib.interventions.heads import arch_of, get_path, head_hooks, run_with_hooks_cached
 
 __all__ = ["Readout", "readout_from_probe", "continuation_ids", "CleanState", "clean_state", "mean_head_z",
@@ -50,12 +51,8 @@ def readout_from_probe(pipeline, layer: int, continuations: dict[str, torch.Tens
     if set(steps) != {"scale", "logreg"}:
         raise ValueError(f"readout needs a scale+logreg probe, got steps {list(steps)}")
     sc, lr = steps["scale"], steps["logreg"]
-    coef = np.asarray(lr.coef_, dtype=np.float64)
-    if coef.shape[0] == 1:  # binary: softmax over [-z/2, z/2] equals the logistic
-        coef = np.vstack([-coef / 2, coef / 2])
-        icpt = np.array([-lr.intercept_[0] / 2, lr.intercept_[0] / 2])
-    else:
-        icpt = np.asarray(lr.intercept_, dtype=np.float64)
+    coef, icpt = class_weights(lr)
+    coef, icpt = np.asarray(coef, dtype=np.float64), np.asarray(icpt, dtype=np.float64)
     w = coef / sc.scale_[None, :]
     b = icpt - w @ sc.mean_
     return Readout(layer=int(layer), weight=torch.tensor(w, dtype=torch.float32),

@@ -14,7 +14,7 @@ import torch
 from scipy.stats import spearmanr
 
 from lib.emotions import BASELINE, TARGET_EMOTIONS
-from lib.activations.extract import span_token_mask
+from lib.models.encoding import span_token_mask
 from lib.interventions.effects import generate, generate_sets, random_head_sets, rank_heads, set_metrics
 from lib.interventions.scores import attribution_patching, head_activity, screening_scores
 from lib.interventions.sweep import Readout, clean_state, mean_head_z, sweep_fast
