@@ -10,10 +10,14 @@ import numpy as np
 import pandas as pd
 
 from lib.activations.names import act_name
+from lib.emotions import EMOTIONS
 from lib.pipeline.provenance import relative
 from lib.activations.store import ActivationStore
 
-__all__ = ["store_table", "norm_profile", "pca_2d", "pca_panels"]
+__all__ = ["EMOTION_CHOICES", "store_table", "norm_profile", "pca_2d", "pca_panels"]
+
+# Phase 02's ``emotions`` filters the dataset's rows, so neutral is a valid choice.
+EMOTION_CHOICES = EMOTIONS
 
 
 def store_table(paths: dict[str, dict[str, Path]]) -> pd.DataFrame:

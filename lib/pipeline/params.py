@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from lib.paths import NOTEBOOKS, PARAMS
+from lib import paths
 from lib.pipeline.provenance import relative
 
 __all__ = ["ParamsError", "notebook_parameters", "read_yaml", "effective_params", "RESERVED"]
@@ -27,9 +27,9 @@ def notebook_parameters(stem: str) -> dict:
     """Default values of the parameters cell of ``notebooks/<stem>.py``, read without running it."""
     import jupytext
 
-    path = NOTEBOOKS / f"{stem}.py"
+    path = paths.NOTEBOOKS / f"{stem}.py"
     if not path.exists():
-        known = sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+        known = sorted(p.stem for p in paths.NOTEBOOKS.glob("[0-9][0-9]_*.py"))
         raise ParamsError(f"no notebook {relative(path)}; known stems: {known}")
     nb = jupytext.read(path)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -70,14 +70,14 @@ def effective_params(stem: str, run: str = "default", overlay_keys_known: set[st
     (``overlay_keys_known`` is the union of all notebooks' keys, computed by the caller).
     """
     defaults = notebook_parameters(stem)
-    base_path = PARAMS / f"{stem}.yaml"
+    base_path = paths.PARAMS / f"{stem}.yaml"
     base = read_yaml(base_path)
     _check_keys(base, defaults, base_path, stem)
     params = {**defaults, **base}
     if run != "default":
-        overlay_path = PARAMS / f"{run}.yaml"
+        overlay_path = paths.PARAMS / f"{run}.yaml"
         if not overlay_path.exists():
-            runs = sorted(p.stem for p in PARAMS.glob("*.yaml") if not p.stem[:2].isdigit())
+            runs = sorted(p.stem for p in paths.PARAMS.glob("*.yaml") if not p.stem[:2].isdigit())
             raise ParamsError(f"no overlay {relative(overlay_path)} for run {run!r}; known runs: ['default'] + {runs}")
         overlay = read_yaml(overlay_path)
         reserved = [k for k in overlay if k in RESERVED]

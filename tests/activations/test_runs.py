@@ -8,8 +8,8 @@ from lib.activations.runs import parse_profile
 
 def test_profile_specs():
     assert parse_profile("goemotions:dev") == ("goemotions", "dev") and parse_profile("baseline") == ("baseline", None)
+    from lib.pipeline.checks import check_values
     from lib.pipeline.params import ParamsError
-    from lib.pipeline.runner import check_values
 
     with pytest.raises(ParamsError, match="goemotions:dev"):
         check_values("02_activations", {"profiles": ["goemotions:test"]})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+import lib.paths as paths
 import lib.pipeline.params as P
 from lib.pipeline.runner import stems
 
@@ -19,8 +20,8 @@ def fake(tmp_path, monkeypatch):
     (tmp_path / "nb").mkdir()
     (tmp_path / "params").mkdir()
     (tmp_path / "nb" / "00_x.py").write_text(NOTEBOOK)
-    monkeypatch.setattr(P, "NOTEBOOKS", tmp_path / "nb")
-    monkeypatch.setattr(P, "PARAMS", tmp_path / "params")
+    monkeypatch.setattr(paths, "NOTEBOOKS", tmp_path / "nb")  # read from lib.paths at call time
+    monkeypatch.setattr(paths, "PARAMS", tmp_path / "params")
     return tmp_path / "params"
 
 

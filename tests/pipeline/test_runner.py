@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import lib.pipeline.params as P
+import lib.paths as paths
 import lib.pipeline.runner as PL
 
 NOTEBOOK = '''# %% [markdown]
@@ -32,10 +32,9 @@ def project(tmp_path, monkeypatch):
         (tmp_path / sub).mkdir()
     (tmp_path / "notebooks" / "00_t.py").write_text(NOTEBOOK)
     (tmp_path / "params" / "00_t.yaml").write_text("x: 1\n")
-    for mod, name, value in [(P, "NOTEBOOKS", tmp_path / "notebooks"), (P, "PARAMS", tmp_path / "params"),
-                             (PL, "NOTEBOOKS", tmp_path / "notebooks"), (PL, "RESULTS", tmp_path / "results"),
-                             (PL, "REPORTS", tmp_path / "reports")]:
-        monkeypatch.setattr(mod, name, value)
+    for name, value in [("NOTEBOOKS", tmp_path / "notebooks"), ("PARAMS", tmp_path / "params"),
+                        ("RESULTS", tmp_path / "results"), ("REPORTS", tmp_path / "reports")]:
+        monkeypatch.setattr(paths, name, value)  # every path is read from lib.paths at call time
     return tmp_path
 
 
@@ -87,42 +86,6 @@ def test_index_lists_phase(project):
     _run([])
     page = PL.write_index().read_text()
     assert "00_t--default.html" in page and "x is 1" in page
-
-
-def test_shared_values_are_checked_before_running():
-    from lib.pipeline.params import ParamsError
-
-    with pytest.raises(ParamsError, match=r"params for 00_models: unknown model 'smolm2'"):
-        PL.check_values("00_models", {"models": ["smolm2"]})
-    with pytest.raises(ParamsError, match=r"unknown profile 'goemotion'"):
-        PL.check_values("01_dataset", {"profiles": ["goemotion"]})
-    with pytest.raises(ParamsError, match=r"dtype 'fp16' is not one of"):
-        PL.check_values("00_models", {"dtype": "fp16"})
-    with pytest.raises(ParamsError, match=r"unknown model 'gemma'"):
-        PL.check_values("03_emotion_vectors", {"control_models": ["random:gemma"]})
-    with pytest.raises(ParamsError, match=r"unknown profile 'extnded'"):
-        PL.check_values("03_emotion_vectors", {"fit_profiles": ["baseline", "extnded"]})
-    PL.check_values("03_emotion_vectors", {"models": ["tiny-gpt2"], "control_models": ["random:tiny-gpt2"],
-                                           "transfer_profiles": ["goemotions:train", "goemotions:dev"]})
-    with pytest.raises(ParamsError, match=r"emotions \['angre'\]: \['angre'\]; valid: a non-empty subset of \['gratitude', 'anger', 'apology'\]"):
-        PL.check_values("05_heads", {"emotions": ["angre"]})
-    with pytest.raises(ParamsError, match=r"05_heads: emotions \['neutral'\]"):
-        PL.check_values("05_heads", {"emotions": ["neutral"]})
-    with pytest.raises(ParamsError, match=r"emotions \[\]: empty"):
-        PL.check_values("05_heads", {"emotions": []})
-    PL.check_values("02_activations", {"emotions": ["neutral", "anger"]})
-    PL.check_values("02_activations", {"emotions": None})
-
-
-def test_random_control_of_an_uncached_hub_model_is_refused_offline(monkeypatch, tmp_path):
-    from lib.pipeline.params import ParamsError
-
-    import huggingface_hub.constants as hc
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ParamsError, match=r"not in the local Hugging Face cache"):
-        PL.check_values("02_activations", {"control_models": ["random:gpt2"]})
 
 
 def test_interrupted_swaps_are_recovered(project):
