@@ -3,7 +3,7 @@
 (a) forward through all blocks, no hooks, no unembedding: the floor for this work.
 (b) the seed's way: run_with_cache of resid_pre and resid_post of every layer, with logits,
     held in memory as float32, then written to a scratch pickle file (written, never read back).
-(c) lib.activations.extract with the default sites (resid_pre, resid_post, mlp_out, attn_out; every token plus
+(c) lib.activations.extract.extract with the default sites (resid_pre, resid_post, mlp_out, attn_out; every token plus
     the reductions) written to a float16 zarr store.
 Then the peak RSS of (c) in fresh processes at 1x and 4x the rows (CPU only: skipped with --device cuda).
 
@@ -35,7 +35,10 @@ from lib.settings import apply_hub_policy
 
 apply_hub_policy()  # before transformers is imported
 from lib.text.datasets import load_profiles
-from lib.activations.extract import ExtractConfig, _StopForward, extract
+from lib.activations.capture import StopForward, stop_forward_hook
+from lib.activations.extract import extract
+from lib.activations.names import act_name
+from lib.activations.plan import ExtractConfig
 from lib.models.loading import load_model
 
 
@@ -67,28 +70,27 @@ def device_name(device) -> str:
 
 
 def bare_forward(lm, encs) -> float:
-    def stop(act, hook):
-        raise _StopForward
     t0 = time.perf_counter()
-    with torch.inference_mode(), lm.bridge.hooks(fwd_hooks=[(f"blocks.{lm.cfg.n_layers - 1}.hook_resid_post", stop)]):
+    stop = [(act_name("resid_post", lm.cfg.n_layers - 1), stop_forward_hook)]
+    with torch.inference_mode(), lm.bridge.hooks(fwd_hooks=stop):
         for e in encs:
             try:
                 lm.bridge(e.input_ids, attention_mask=e.attention_mask)
-            except _StopForward:
+            except StopForward:
                 pass
     sync(lm.device)
     return time.perf_counter() - t0
 
 
 def seed_way(lm, encs, scratch: Path) -> tuple[float, int]:
-    names = [f"blocks.{i}.hook_{k}" for i in range(lm.cfg.n_layers) for k in ("resid_pre", "resid_post")]
+    names = [act_name(k, i) for i in range(lm.cfg.n_layers) for k in ("resid_pre", "resid_post")]
     t0 = time.perf_counter()
     held = {"resid_pre": [], "resid_post": []}
     with torch.inference_mode():
         for e in encs:
             _, cache = lm.bridge.run_with_cache(e.input_ids, attention_mask=e.attention_mask, names_filter=names)
             for k in held:
-                held[k].append(torch.stack([cache[f"blocks.{i}.hook_{k}"] for i in range(lm.cfg.n_layers)], 1)
+                held[k].append(torch.stack([cache[act_name(k, i)] for i in range(lm.cfg.n_layers)], 1)
                                .float().cpu().numpy())
     with open(scratch, "wb") as fh:  # the seed's format; written for the comparison, never loaded
         pickle.dump(held, fh, protocol=pickle.HIGHEST_PROTOCOL)

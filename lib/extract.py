@@ -1,5 +1,5 @@
 """Deprecated alias, kept for one release: ``python -m lib.extract`` is now ``python -m lib.activations``."""
 if __name__ == "__main__":
-    from lib.activations.extract import main
+    from lib.activations.cli import main
 
     raise SystemExit(main())

@@ -66,7 +66,7 @@ from IPython.display import Markdown, display
 
 from lib.activations.runs import extract_all, resolve_stores_dir
 from lib.phases.activations import norm_profile, pca_panels, store_table
-from lib.activations.extract import ExtractConfig
+from lib.activations.plan import ExtractConfig
 from lib.report.plots import EMOTION_COLORS, setup_plotly
 from lib.pipeline.provenance import relative, save_summary
 from lib.pipeline.results import prepare_output_dir, provenance_markdown

@@ -1,4 +1,4 @@
 """``python -m lib.activations``: extract activations into a store (see ``lib.activations.cli``)."""
-from lib.activations.extract import main
+from lib.activations.cli import main
 
 raise SystemExit(main())

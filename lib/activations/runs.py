@@ -85,7 +85,7 @@ def obtain_stores(models: list[str], profiles: list[str], activations_run: str, 
     ``max_per_emotion`` rows per emotion)."""
     if activations_run:
         return {(m, p): open_run_store(m, p, activations_run) for m in models for p in profiles}
-    from lib.activations.extract import ExtractConfig
+    from lib.activations.plan import ExtractConfig
 
     config = ExtractConfig(sites=(site,), token_sites=())
     paths = extract_all(models, profiles, config, Path(scratch) / "stores", device="cpu",

@@ -19,7 +19,8 @@ one emotion or a row range touches only those chunks. Readers use full hook name
 
 float16 values are stored as ``x * 2**-k`` with one exponent ``k >= 0`` per row, hook and layer, so
 activations beyond float16's range (Gemma's residual reaches 1e5) keep float16's relative
-precision instead of overflowing. Reads undo the scaling and return float32.
+precision instead of overflowing. Reads undo the scaling (``lib.activations.codec.decode_f16``) and
+return float32.
 
 >>> REDUCTIONS
 ('sentence_end', 'mean', 'span')
@@ -34,10 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from lib.activations.codec import decode_f16
 from lib.pipeline.provenance import IncompleteResultsError, relative
 
-__all__ = ["REDUCTIONS", "ActivationStore", "open_store", "store_complete", "StoreError", "quiet_zarr"]
+__all__ = ["REDUCTIONS", "FORMAT_VERSION", "ActivationStore", "open_store", "store_complete", "StoreError",
+           "quiet_zarr"]
 
 REDUCTIONS = ("sentence_end", "mean", "span")
 FORMAT_VERSION = 1
@@ -130,11 +134,10 @@ class ActivationStore:
             raise StoreError(f"cannot read {kind}/{site} (layer {hook}) from {relative(self.path)}: "
                              f"{type(err).__name__}: {err}. A chunk file is corrupted or truncated; "
                              f"delete the store and extract again") from err
-        data = data.astype(np.float32)
-        if self.attrs["dtype"] == "float16":
-            scale = np.asarray(self._group[f"scale/{site}"].get_orthogonal_selection((idx, li))).astype(np.float32)
-            data *= np.exp2(scale).reshape((-1,) + (1,) * (data.ndim - 1))
-        return data
+        if self.attrs["dtype"] != "float16":
+            return data.astype(np.float32)
+        scale = np.asarray(self._group[f"scale/{site}"].get_orthogonal_selection((idx, li)))
+        return decode_f16(data, torch.from_numpy(scale)).numpy()
 
     def get(self, hook: str, reduction: str = "sentence_end", *, rows=None, emotion=None) -> np.ndarray:
         """float32 [rows, *shape] of one hook and reduction, e.g. sentence-end resid_post of layer 6.

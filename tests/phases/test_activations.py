@@ -5,7 +5,7 @@ import numpy as np
 
 from lib.activations.runs import extract_all
 from lib.phases.activations import norm_profile, pca_2d, store_table
-from lib.activations.extract import ExtractConfig
+from lib.activations.plan import ExtractConfig
 from lib.activations.store import open_store
 
 

@@ -1,7 +1,7 @@
 """MLflow logging of store manifests, read back through MLflow's own client."""
 from __future__ import annotations
 
-from lib.activations.extract import ExtractConfig
+from lib.activations.plan import ExtractConfig
 from lib.activations.runs import extract_all
 
 
