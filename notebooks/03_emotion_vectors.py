@@ -63,14 +63,16 @@ import pandas as pd
 import plotly.express as px
 from IPython.display import Markdown, display
 
-from lib.activations.runs import obtain_stores
-from lib.phases.emotion_vectors import (best_layer, cosine_long, directions_array, directions_by_layer, fit_layers,
-                                 probe_curves, probe_directions, projection_table, reading_layers,
-                                 stability_by_layer, subspace_dims, transfer_table)
 from lib.activations.layerwise import load_layers
-from lib.report.plots import EMOTION_COLORS, setup_plotly
+from lib.activations.runs import obtain_stores
+from lib.emotions import TARGET_EMOTIONS
+from lib.phases.emotion_vectors import (at_best_layers, best_layer_report, best_layers, cosine_long, directions_array,
+                                        directions_by_model, method_agreement, probe_curves, projection_table,
+                                        report_summary, save_directions, stability_by_model, subspace_dims,
+                                        transfer_by_model)
 from lib.pipeline.provenance import save_summary
 from lib.pipeline.results import prepare_output_dir, provenance_markdown
+from lib.report.plots import EMOTION_COLORS, setup_plotly
 
 setup_plotly()
 np.random.seed(seed)
@@ -80,6 +82,7 @@ stores = obtain_stores(models, fit_profiles + transfer_profiles, activations_run
 stores.update(obtain_stores(control_models, fit_profiles, activations_run, out, max_per_emotion=max_per_emotion,
                             seed=seed, site=site))
 fit_data = {m: load_layers([stores[m, p] for p in fit_profiles], m, site) for m in models + control_models}
+authored = {m: fit_data[m] for m in models}
 display(Markdown(f"Rows for fitting: {len(fit_data[models[0]].labels)} "
                  f"({', '.join(fit_profiles)}); layers per model: "
                  + ", ".join(f"{m} {len(d.layers)}" for m, d in fit_data.items())))
@@ -102,8 +105,8 @@ fig = px.line(curves, x="layer", y="accuracy", color="variant", facet_col="model
 fig.add_hline(y=0.25, line_dash="dot", annotation_text="chance").update_yaxes(range=[0, 1.02]).update_xaxes(
     matches=None).show()
 
-best = {m: best_layer(curves[curves["model"] == m]) for m in models}
-at_best = curves[curves.apply(lambda r: r["model"] in best and r["layer"] == best[r["model"]], axis=1)]
+best = best_layers(curves, models)
+at_best = at_best_layers(curves, best)
 at_best.pivot_table(index="model", columns="variant", values=["accuracy", "acc_lo", "acc_hi", "macro_f1"]).round(3)
 
 # %% [markdown]
@@ -115,21 +118,13 @@ at_best.pivot_table(index="model", columns="variant", values=["accuracy", "acc_l
 
 # %%
 train_prof, dev_prof = transfer_profiles
-transfer_rows, per_class = [], []
-fits = {}
-for m in models:
-    fits[m] = fit_layers(fit_data[m], seed=seed)
-    dev = load_layers([stores[m, dev_prof]], m, site)
-    forward, full = transfer_table(fits[m], dev)
-    reverse, _ = transfer_table(fit_layers(load_layers([stores[m, train_prof]], m, site), seed=seed), fit_data[m])
-    transfer_rows += [forward.assign(model=m, direction=f"authored -> {dev_prof}"),
-                      reverse.assign(model=m, direction=f"{train_prof} -> authored")]
-    per_class.append(full[best[m]]["per_class"].reset_index().assign(model=m, layer=best[m]))
-transfer = pd.concat(transfer_rows, ignore_index=True)
+transfer, per_class, fits = transfer_by_model(
+    authored, {m: load_layers([stores[m, train_prof]], m, site) for m in models},
+    {m: load_layers([stores[m, dev_prof]], m, site) for m in models}, best, train_name=train_prof,
+    dev_name=dev_prof, seed=seed)
 px.line(transfer, x="layer", y="macro_f1", color="direction", facet_col="model", markers=True,
         title="Transfer between authored text and GoEmotions: macro-F1 by layer").add_hline(
     y=0.25, line_dash="dot").update_yaxes(range=[0, 1.02]).update_xaxes(matches=None).show()
-per_class = pd.concat(per_class, ignore_index=True)
 display(Markdown("Per class, at each model's best cross-validated layer (authored -> GoEmotions dev):"))
 per_class.round(3)
 
@@ -142,13 +137,8 @@ per_class.round(3)
 # emotion projects higher than the baseline.
 
 # %%
-dirs = {}
-for m in models:
-    probe_dirs = probe_directions(fits[m])
-    for reading in readings:
-        ld = fit_data[m] if reading == "sentence_end" else reading_layers(
-            [stores[m, p] for p in fit_profiles], m, reading, site)
-        dirs[m, reading] = (ld, directions_by_layer(ld, methods, probe_dirs if reading == "sentence_end" else None))
+dirs = directions_by_model(authored, stores, fits, profiles=fit_profiles, readings=readings, methods=methods,
+                           site=site)
 
 # %% [markdown]
 # ### How directions change across layers
@@ -161,11 +151,11 @@ cos = pd.concat([cosine_long(dirs[m, "sentence_end"][1], "mean_vs_neutral").assi
 for m in models:
     sub = cos[cos["model"] == m]
     mats = np.stack([sub[sub["emotion"] == e].pivot(index="layer_a", columns="layer_b", values="cosine").to_numpy()
-                     for e in ("gratitude", "anger", "apology")])
+                     for e in TARGET_EMOTIONS])
     px.imshow(mats, facet_col=0, zmin=-1, zmax=1, color_continuous_scale="RdBu_r", origin="lower",
               labels={"x": "layer", "y": "layer", "color": "cosine"},
               title=f"{m}: cosine of mean_vs_neutral directions across layers").for_each_annotation(
-        lambda a: a.update(text=["gratitude", "anger", "apology"][int(a.text.split("=")[1])])).show()
+        lambda a: a.update(text=TARGET_EMOTIONS[int(a.text.split("=")[1])])).show()
 
 # %% [markdown]
 # ### Projections onto each direction
@@ -186,13 +176,7 @@ px.line(sub, x="layer", y="mean", color="emotion", facet_col="direction_emotion"
 # Cosine between each method's direction and `mean_vs_neutral` at every layer, per reading.
 
 # %%
-agree = []
-for (m, reading), (ld, by_layer) in dirs.items():
-    for layer, d in by_layer.items():
-        for (emotion, method), v in d.items():
-            agree.append({"model": m, "reading": reading, "layer": layer, "emotion": emotion, "method": method,
-                          "cosine": float(v @ d[emotion, "mean_vs_neutral"])})
-agree = pd.DataFrame(agree)
+agree = method_agreement(dirs, "mean_vs_neutral")
 px.line(agree[agree["method"] != "mean_vs_neutral"].groupby(["model", "reading", "layer", "method"], as_index=False)[
     "cosine"].mean(), x="layer", y="cosine", color="method", line_dash="reading", facet_col="model",
         title="Cosine with mean_vs_neutral, averaged over emotions").update_xaxes(matches=None).show()
@@ -219,12 +203,8 @@ dims.groupby(["model", "subspace"])["k"].first().unstack()
 # between random subspaces of the same size (dotted). Small angles mean a stable subspace.
 
 # %%
-stab = []
-for m in models:
-    ld_a, ld_b = (fit_data[m].subset((fit_data[m].labels["profile"] == p).to_numpy()) for p in fit_profiles[:2])
-    stab.append(stability_by_layer(ld_a, ld_b, fit_data[m], var_threshold=var_threshold, max_k=max_k,
-                                   n_splits=stability_splits, seed=seed).assign(model=m))
-stab = pd.concat(stab, ignore_index=True)
+stab = stability_by_model(authored, fit_profiles, var_threshold=var_threshold, max_k=max_k,
+                          n_splits=stability_splits, seed=seed)
 fig = px.line(stab, x="layer", y="mean_angle", color="subspace", line_dash="comparison", facet_col="model",
               markers=True, title="Mean principal angle (degrees) between subspace fits; dotted: random subspaces")
 for i, m in enumerate(models):
@@ -243,28 +223,12 @@ per_class.to_csv(out / "transfer_per_class.csv", index=False)
 proj.to_csv(out / "projections.csv", index=False)
 stab.to_csv(out / "stability.csv", index=False)
 dims.to_csv(out / "subspace_dims.csv", index=False)
-for m in models:
-    arr, layers, keys = directions_array(dirs[m, "sentence_end"][1])
-    np.save(out / f"directions--{m.replace(':', '-')}.npy", arr)
-    (out / f"directions--{m.replace(':', '-')}.json").write_text(json.dumps(
-        {"model": m, "site": site, "reading": "sentence_end", "layers": layers, "keys": [list(k) for k in keys],
-         "shape": list(arr.shape)}, indent=2))
-report = {}
-for m in models:
-    row = lambda v: at_best[(at_best["model"] == m) & (at_best["variant"] == v)].iloc[0]  # noqa: E731
-    fwd = transfer[(transfer["model"] == m) & (transfer["layer"] == best[m]) & transfer["direction"].str.startswith("authored")]
-    report[m] = {"best_layer": best[m], "accuracy": row("probe")["accuracy"],
-                 "accuracy_ci": [row("probe")["acc_lo"], row("probe")["acc_hi"]],
-                 "shuffled_accuracy": row("shuffled labels")["accuracy"],
-                 "random_weights_accuracy": row("random weights")["accuracy"],
-                 "transfer_macro_f1": float(fwd["macro_f1"].iloc[0])}
+save_directions(out, dirs, models, site)
+report = best_layer_report(at_best, transfer, best)
 (out / "best_layers.json").write_text(json.dumps(report, indent=2))
-summary = "; ".join(f"{m}: best layer {r['best_layer']}, accuracy {r['accuracy']:.3f} "
-                    f"[{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}], shuffled {r['shuffled_accuracy']:.3f}, "
-                    f"random weights {r['random_weights_accuracy']:.3f}, GoEmotions dev macro-F1 "
-                    f"{r['transfer_macro_f1']:.3f}" for m, r in report.items())
-save_summary(out, summary=summary, models=[stores[m, fit_profiles[0]].manifest["identity"] for m in models + control_models],
-             best_layers=report)
+summary = report_summary(report)
+save_summary(out, summary=summary, best_layers=report,
+             models=[stores[m, fit_profiles[0]].manifest["identity"] for m in models + control_models])
 display(Markdown(f"**Summary.** {summary}"))
 display(Markdown(provenance_markdown()))
 

@@ -51,20 +51,19 @@ output_dir = ""
 
 # %%
 import itertools
-import time
 
 import numpy as np
-import pandas as pd
 import plotly.express as px
 from IPython.display import Markdown, display
 
-from lib.activations.runs import obtain_stores
-from lib.phases.cross_model_alignment import aligned_subspace_angles, best_matches, cka_tables, paired_sample, procrustes_table
-from lib.geometry.cka import layer_matching_accuracy
 from lib.activations.layerwise import load_layers
-from lib.report.plots import setup_plotly
+from lib.activations.runs import obtain_stores
+from lib.phases.cross_model_alignment import (aligned_angles_by_pair, alignment_summary, best_matches_by_pair,
+                                              best_vs_null, cka_by_pair, layer_matching_table, paired_sample,
+                                              procrustes_by_pair)
 from lib.pipeline.provenance import save_summary
 from lib.pipeline.results import prepare_output_dir, provenance_markdown
+from lib.report.plots import setup_plotly
 
 setup_plotly()
 out = prepare_output_dir(output_dir)
@@ -83,16 +82,8 @@ display(Markdown("Model pairs: " + "; ".join(f"{a} vs {b}" for a, b in pairs)))
 # pairs whose permutation p-value exceeds 0.05 are marked with a cross.
 
 # %%
-tables, timings = [], []
-for a, b in pairs:
-    pa, pb = paired[a, b]
-    t0 = time.perf_counter()
-    t = cka_tables(pa, pb, kinds, n_perm=n_perm, seed=seed)
-    timings.append({"pair": f"{a} vs {b}", "texts": len(pa.labels), "layer_pairs": len(pa.layers) * len(pb.layers),
-                    "seconds": round(time.perf_counter() - t0, 1)})
-    tables.append(t.assign(model_a=a, model_b=b, n_texts=len(pa.labels)))
-cka = pd.concat(tables, ignore_index=True)
-display(pd.DataFrame(timings))
+cka, timings = cka_by_pair(paired, kinds, n_perm=n_perm, seed=seed)
+display(timings)
 for a, b in pairs:
     sub = cka[(cka["model_a"] == a) & (cka["model_b"] == b)]
     mats = np.stack([sub[sub["kind"] == k].pivot(index="layer_a", columns="layer_b", values="cka").to_numpy()
@@ -114,12 +105,8 @@ for a, b in pairs:
 # 95th percentile over shuffled texts).
 
 # %%
-best = pd.concat([best_matches(cka[(cka["model_a"] == a) & (cka["model_b"] == b)], len(data[a].layers),
-                               len(data[b].layers)).assign(model_a=a, model_b=b, pair=f"{a} vs {b}") for a, b in pairs],
-                 ignore_index=True)
-nulls = cka.merge(best[["model_a", "model_b", "pair", "kind", "layer_a", "layer_b"]])
-nulls = nulls[nulls["kind"].isin(["linear", "debiased"])].melt(
-    id_vars=["pair", "kind", "layer_a"], value_vars=["cka", "null_mean", "null_q95"])
+best = best_matches_by_pair(cka, {m: len(d.layers) for m, d in data.items()}, pairs)
+nulls = best_vs_null(cka, best, ("linear", "debiased"))
 px.line(nulls, x="layer_a", y="value", color="variable", line_dash="kind", facet_col="pair", markers=True,
         labels={"layer_a": "layer of the first model"},
         title="Best-match CKA per layer of the first model, beside its permutation null").update_xaxes(
@@ -144,8 +131,7 @@ fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line_dash="dot", row="all", c
 # to match layers across models.
 
 # %%
-matching = pd.DataFrame([{"model": m, "kind": k, "accuracy": layer_matching_accuracy(
-    paired_sample(data[m], data[m], n_texts, seed)[0].xs, k, seed)[0]} for m in everyone for k in kinds])
+matching = layer_matching_table(data, kinds, n_texts=n_texts, seed=seed)
 px.bar(matching, x="model", y="accuracy", color="kind", barmode="group",
        title="Layer-matching accuracy on disjoint halves").update_yaxes(range=[0, 1.05]).show()
 matching.pivot(index="model", columns="kind", values="accuracy").round(3)
@@ -155,8 +141,7 @@ matching.pivot(index="model", columns="kind", values="accuracy").round(3)
 # For every layer pair of each model pair (same texts), the orthogonal Procrustes distance.
 
 # %%
-proc = pd.concat([procrustes_table(*paired[a, b]).assign(model_a=a, model_b=b)
-                  for a, b in pairs], ignore_index=True)
+proc = procrustes_by_pair(paired)
 for a, b in pairs:
     sub = proc[(proc["model_a"] == a) & (proc["model_b"] == b)]
     px.imshow(sub.pivot(index="layer_a", columns="layer_b", values="procrustes"), origin="lower", aspect="auto",
@@ -170,15 +155,7 @@ for a, b in pairs:
 # model B's own: mean principal angle in degrees, beside random k-dim subspaces of B's width.
 
 # %%
-angles = []
-for a, b in pairs:
-    sub = best[(best["model_a"] == a) & (best["model_b"] == b) & (best["kind"] == "linear")]
-    top = sub.loc[sub["cka"].idxmax()]
-    pa, pb = paired[a, b]
-    angles.append(aligned_subspace_angles(pa, pb, int(top["layer_a"]), int(top["layer_b"]), k=subspace_k,
-                                          seed=seed).assign(model_a=a, model_b=b, layer_a=int(top["layer_a"]),
-                                                            layer_b=int(top["layer_b"])))
-angles = pd.concat(angles, ignore_index=True)
+angles = aligned_angles_by_pair(paired, best, k=subspace_k, seed=seed)
 fig = px.bar(angles.assign(pair=angles["model_a"] + " vs " + angles["model_b"]), x="subspace", y="mean_angle",
              color="pair", barmode="group",
              hover_data=["layer_a", "layer_b", "min_angle", "max_angle"],
@@ -194,15 +171,8 @@ best.to_csv(out / "best_matches.csv", index=False)
 proc.to_csv(out / "procrustes.csv", index=False)
 angles.to_csv(out / "aligned_angles.csv", index=False)
 matching.to_csv(out / "layer_matching.csv", index=False)
-pd.DataFrame(timings).to_csv(out / "timings.csv", index=False)
-lines = []
-for a, b in pairs:
-    for k in ("linear", "debiased"):
-        sub = best[(best["model_a"] == a) & (best["model_b"] == b) & (best["kind"] == k)]
-        top = sub.loc[sub["cka"].idxmax()]
-        lines.append(f"{a} L{int(top['layer_a'])} ~ {b} L{int(top['layer_b'])}: {k} CKA {top['cka']:.3f} "
-                     f"(p {top['p_value']:.3g})")
-summary = "; ".join(lines)
+timings.to_csv(out / "timings.csv", index=False)
+summary = alignment_summary(best, pairs, ("linear", "debiased"))
 save_summary(out, summary=summary, models=[stores[m, profiles[0]].manifest["identity"] for m in everyone])
 display(Markdown(f"**Summary.** {summary}"))
 display(Markdown(provenance_markdown()))

@@ -1,4 +1,5 @@
-"""Cross-model representation similarity: CKA (linear, debiased, RBF), permutation tests, Procrustes, angles.
+"""Cross-model representation similarity: CKA (linear, debiased, RBF) of single layer pairs and of every
+layer pair at once, permutation tests, best-matching layers and the layer-matching check.
 
 Inputs are activation matrices ``x`` [n, d1] and ``y`` [n, d2] whose rows are the same n texts (widths may
 differ); layer stacks ``xs`` are a list of such matrices, a [L, n, d] array/tensor, or a mapping from hook
@@ -8,7 +9,8 @@ maths runs in float64 (numpy BLAS; torch in the permutation loop) and results ar
 With centred Gram matrices K = Xc Xc^T, L = Yc Yc^T and H = I - 11^T/n,
 ``CKA(K, L) = <HKH, HLH>_F / (||HKH||_F ||HLH||_F)`` (Kornblith et al. 2019). The debiased variant replaces
 HKH by the U-centred Gram U(K) (zero diagonal), whose inner product is n(n-3) times the unbiased HSIC
-estimator of Song et al. 2012 (as in Nguyen et al. 2021), so it is ~0 for independent data.
+estimator of Song et al. 2012 (as in Nguyen et al. 2021), so it is ~0 for independent data
+(``lib.geometry.grams``).
 
 >>> g = torch.Generator().manual_seed(0)
 >>> xs = [torch.randn(100, 8, generator=g) for _ in range(3)]
@@ -18,134 +20,18 @@ estimator of Song et al. 2012 (as in Nguyen et al. 2021), so it is ~0 for indepe
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
-__all__ = ["linear_cka", "debiased_cka", "rbf_cka", "cka_matrix", "PermutationResult", "permutation_test",
-           "procrustes_distance", "procrustes_align", "principal_angles", "best_match_layers",
-           "layer_matching_accuracy", "KINDS"]
+from lib.geometry.grams import KINDS, check_kind, gram_stack, kernel, normalised_gram
+from lib.geometry.linalg import as_layers, as_matrix, centre, same_rows
 
-KINDS = ("linear", "debiased", "rbf")
+__all__ = ["KINDS", "linear_cka", "debiased_cka", "rbf_cka", "cka_matrix", "PermutationResult", "permutation_test",
+           "best_match_layers", "layer_matching_accuracy"]
+
 _BLOCK = 6  # x-side layers whose Grams are held at once in cka_matrix (memory: (L2 + _BLOCK) * n^2 * 8 bytes)
-
-
-# ----------------------------------------------------------------------------------------- input handling
-def _as_matrix(x, name: str) -> np.ndarray:
-    a = x.detach().cpu().to(torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D activation matrix [n, d]; input shape: {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{name} must be floating point; input dtype: {a.dtype}")
-    return a.astype(np.float64, copy=False)
-
-
-def _as_layers(xs, name: str) -> list[np.ndarray]:
-    if isinstance(xs, Mapping):
-        names, items = list(xs.keys()), list(xs.values())
-    else:
-        items = list(xs) if not isinstance(xs, (np.ndarray, torch.Tensor)) or xs.ndim == 3 else None
-        if items is None:
-            raise ValueError(f"{name} must be a list of [n, d] matrices or a [L, n, d] array; input shape: "
-                             f"{tuple(xs.shape)}")
-        names = list(range(len(items)))
-    if not items:
-        raise ValueError(f"{name} is empty: need at least one layer")
-    layers = [_as_matrix(x, f"{name}[{k!r}]") for k, x in zip(names, items)]
-    for k, t in zip(names, layers):
-        if t.shape[0] != layers[0].shape[0]:
-            raise ValueError(f"{name}[{k!r}] has {t.shape[0]} rows but {name}[{names[0]!r}] has "
-                             f"{layers[0].shape[0]}: every layer must hold the same texts")
-    return layers
-
-
-def _same_rows(a: np.ndarray, b: np.ndarray, names: str = "x, y") -> int:
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"{names} have {a.shape[0]} and {b.shape[0]} rows: rows must be the same texts")
-    return a.shape[0]
-
-
-def _check_kind(kind: str, n: int) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-    if n < (4 if kind == "debiased" else 2):
-        raise ValueError(f"{kind} CKA needs at least {4 if kind == 'debiased' else 2} rows, got {n}")
-
-
-# ------------------------------------------------------------------------------------------------ Grams
-# Grams are built in numpy float64: ``a @ a.T`` runs as BLAS syrk (half the flops), ~1.5x faster than torch.
-def _centre(x: np.ndarray) -> np.ndarray:
-    return x - x.mean(0, keepdims=True)
-
-
-def _kernel(x: np.ndarray, kind: str, sigma_frac: float) -> np.ndarray:
-    """Kernel [n, n] (a fresh array): Xc Xc^T, or RBF with sigma = sigma_frac * median pairwise distance."""
-    xc = _centre(x)
-    g = xc @ xc.T
-    if kind != "rbf":
-        return g
-    sq = np.diagonal(g).copy()
-    g *= -2.0
-    g += sq[:, None]
-    g += sq[None, :]
-    np.maximum(g, 0.0, out=g)  # squared distances
-    np.fill_diagonal(g, 0.0)
-    upper = np.take(g, _upper_flat(len(g)))  # the n(n-1)/2 pairs i < j
-    k = len(upper) // 2
-    middle = np.sqrt(np.partition(upper, [k - 1, k])[[k - 1, k]])  # numpy's median: mean of the middle two if even
-    median = float(middle[1] if len(upper) % 2 else middle.mean())
-    if median == 0:
-        raise ValueError("RBF CKA: the median pairwise distance is 0 (most rows are identical)")
-    g *= -1.0 / (2.0 * (sigma_frac * median) ** 2)
-    torch.from_numpy(g).exp_()  # in place, on torch's threads (numpy's exp runs on one)
-    return g
-
-
-@lru_cache(maxsize=2)
-def _upper_flat(n: int) -> np.ndarray:
-    """Flat indices i * n + j of the pairs i < j of an [n, n] matrix, row by row."""
-    iu, ju = np.triu_indices(n, 1)
-    return (iu * n + ju).astype(np.int32 if n * n < 2 ** 31 else np.int64)
-
-
-def _double_centre(k: np.ndarray) -> np.ndarray:
-    """H K H in place."""
-    k -= k.mean(0, keepdims=True)
-    k -= k.mean(1, keepdims=True)
-    return k
-
-
-def _u_centre(k: np.ndarray) -> np.ndarray:
-    """U-centring in place (Szekely & Rizzo 2014): <U(K), U(L)> = n(n-3) HSIC_unbiased(K, L)."""
-    n = len(k)
-    np.fill_diagonal(k, 0.0)
-    means = k.sum(0) / (n - 2)
-    means -= means.sum() / (2 * (n - 1))
-    k -= means[:, None]
-    k -= means[None, :]
-    np.fill_diagonal(k, 0.0)
-    return k
-
-
-def _normalised_gram(x: np.ndarray, kind: str, sigma_frac: float, name: str = "x") -> np.ndarray:
-    """Flattened [n*n] centred (U-centred if debiased) Gram of unit Frobenius norm; CKA = dot product."""
-    k = _kernel(x, kind, sigma_frac)
-    if kind == "debiased":
-        _u_centre(k)
-    elif kind == "rbf":  # the linear Gram of centred x is already centred
-        _double_centre(k)
-    norm = np.linalg.norm(k)
-    if norm == 0:
-        raise ValueError(f"{name} has a zero centred Gram matrix (constant rows?): CKA is undefined")
-    k /= norm
-    return k.reshape(-1)
-
-
-def _stack(layers: list[np.ndarray], kind: str, sigma_frac: float, name: str, offset: int = 0) -> np.ndarray:
-    return np.stack([_normalised_gram(x, kind, sigma_frac, f"{name}[{offset + i}]") for i, x in enumerate(layers)])
 
 
 # ------------------------------------------------------------------------------------------ single pairs
@@ -156,9 +42,9 @@ def linear_cka(x, y) -> float:
     >>> round(linear_cka(x, 3 * x @ torch.linalg.qr(torch.randn(8, 8))[0] + 1), 8)
     1.0
     """
-    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
-    _check_kind("linear", _same_rows(x, y))
-    xc, yc = _centre(x), _centre(y)
+    x, y = as_matrix(x, "x"), as_matrix(y, "y")
+    check_kind("linear", same_rows(x, y))
+    xc, yc = centre(x), centre(y)
     return float(np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc)))
 
 
@@ -177,9 +63,9 @@ def debiased_cka(x, y) -> float:
     >>> abs(debiased_cka(torch.randn(200, 50, generator=g), torch.randn(200, 50, generator=g))) < 0.05
     True
     """
-    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
-    _check_kind("debiased", _same_rows(x, y))
-    k, el = _kernel(x, "linear", 0.0), _kernel(y, "linear", 0.0)
+    x, y = as_matrix(x, "x"), as_matrix(y, "y")
+    check_kind("debiased", same_rows(x, y))
+    k, el = kernel(x, "linear", 0.0), kernel(y, "linear", 0.0)
     return float(_hsic_unbiased(k, el) / np.sqrt(_hsic_unbiased(k, k) * _hsic_unbiased(el, el)))
 
 
@@ -193,9 +79,9 @@ def rbf_cka(x, y, sigma_frac: float = 0.8) -> float:
     >>> round(rbf_cka(x, 2 * x), 8), rbf_cka(x, x ** 3) < 1
     (1.0, True)
     """
-    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
-    _check_kind("rbf", _same_rows(x, y))
-    gx, gy = _normalised_gram(x, "rbf", sigma_frac, "x"), _normalised_gram(y, "rbf", sigma_frac, "y")
+    x, y = as_matrix(x, "x"), as_matrix(y, "y")
+    check_kind("rbf", same_rows(x, y))
+    gx, gy = normalised_gram(x, "rbf", sigma_frac, "x"), normalised_gram(y, "rbf", sigma_frac, "y")
     return float(gx @ gy)
 
 
@@ -209,12 +95,12 @@ def cka_matrix(xs, ys, kind: str = "linear", *, sigma_frac: float = 0.8) -> np.n
     >>> m.shape, np.allclose(np.diag(m), 1)
     ((3, 2), True)
     """
-    xs, ys = _as_layers(xs, "xs"), _as_layers(ys, "ys")
-    _check_kind(kind, _same_rows(xs[0], ys[0], "xs, ys"))
-    gy = _stack(ys, kind, sigma_frac, "ys")  # [L2, n*n]
+    xs, ys = as_layers(xs, "xs"), as_layers(ys, "ys")
+    check_kind(kind, same_rows(xs[0], ys[0], "xs, ys"))
+    gy = gram_stack(ys, kind, sigma_frac, "ys")  # [L2, n*n]
     out = np.empty((len(xs), len(ys)))
     for s in range(0, len(xs), _BLOCK):
-        out[s:s + _BLOCK] = _stack(xs[s:s + _BLOCK], kind, sigma_frac, "xs", s) @ gy.T
+        out[s:s + _BLOCK] = gram_stack(xs[s:s + _BLOCK], kind, sigma_frac, "xs", s) @ gy.T
     return out
 
 
@@ -254,12 +140,12 @@ def permutation_test(xs, ys, kind: str = "linear", *, n_perm: int = 1000, seed: 
     >>> float(r.p_value[0, 0]), r.null.shape
     (0.01, (99, 1, 1))
     """
-    xs, ys = _as_layers(xs, "xs"), _as_layers(ys, "ys")
-    n = _same_rows(xs[0], ys[0], "xs, ys")
-    _check_kind(kind, n)
+    xs, ys = as_layers(xs, "xs"), as_layers(ys, "ys")
+    n = same_rows(xs[0], ys[0], "xs, ys")
+    check_kind(kind, n)
     if n_perm < 1:
         raise ValueError(f"n_perm must be >= 1, got {n_perm}")
-    gx, gy = _stack(xs, kind, sigma_frac, "xs"), _stack(ys, kind, sigma_frac, "ys")
+    gx, gy = gram_stack(xs, kind, sigma_frac, "xs"), gram_stack(ys, kind, sigma_frac, "ys")
     observed = gx @ gy.T
     swap = len(xs) < len(ys)
     fixed, moved = (gy, gx) if swap else (gx, gy)
@@ -280,65 +166,6 @@ def permutation_test(xs, ys, kind: str = "linear", *, n_perm: int = 1000, seed: 
         null = null.transpose(0, 2, 1)
     p_value = (1 + (null >= observed[None]).sum(0)) / (1 + n_perm)
     return PermutationResult(observed=observed, null=np.ascontiguousarray(null), p_value=p_value)
-
-
-# ------------------------------------------------------------------------------- Procrustes and subspaces
-def _unit(x: np.ndarray, name: str) -> np.ndarray:
-    xc = _centre(x)
-    norm = np.linalg.norm(xc)
-    if norm == 0:
-        raise ValueError(f"{name} is constant after centring: Procrustes distance is undefined")
-    return xc / norm
-
-
-def procrustes_distance(x, y) -> float:
-    """Orthogonal Procrustes distance sqrt(2 - 2 ||X^T Y||_*) of centred, unit-Frobenius x [n, d1], y [n, d2].
-
-    Equal to min_R ||X_pad R - Y_pad||_F over orthogonal R after zero-padding both to max(d1, d2) columns.
-
-    >>> x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
-    >>> round(procrustes_distance(x, 5 * x[:, [2, 0, 1]] - 1), 6), procrustes_distance(x, x ** 2) > 0.1
-    (0.0, True)
-    """
-    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
-    _same_rows(x, y)
-    nuclear = np.linalg.svd(_unit(x, "x").T @ _unit(y, "y"), compute_uv=False).sum()
-    return float(np.sqrt(max(2.0 - 2.0 * nuclear, 0.0)))
-
-
-def procrustes_align(x, y, *, center: bool = True) -> np.ndarray:
-    """Map R [d1, d2] minimising ||x R - y||_F, orthonormal rows if d1 <= d2 else columns (zero-padding aware).
-
-    R = U V^T from the SVD U S V^T of x^T y (after centring both when ``center``); apply it to centred x.
-
-    >>> g = torch.Generator().manual_seed(0)
-    >>> x, q = torch.randn(40, 3, generator=g), torch.linalg.qr(torch.randn(5, 5, generator=g))[0][:3]
-    >>> np.allclose(procrustes_align(x, x @ q), q.numpy())
-    True
-    """
-    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
-    _same_rows(x, y)
-    if center:
-        x, y = _centre(x), _centre(y)
-    u, _, vh = np.linalg.svd(x.T @ y, full_matrices=False)
-    return u @ vh
-
-
-def principal_angles(a, b) -> np.ndarray:
-    """Principal angles (radians, ascending) between the column spans of a [d, k1] and b [d, k2], min(k1, k2) of them.
-
-    Columns are assumed linearly independent; angles below ~1e-8 lose precision through arccos.
-
-    >>> c, s = np.cos(0.3), np.sin(0.3)
-    >>> principal_angles(np.eye(3)[:, :2], np.array([[1, 0], [0, c], [0, s]])).round(6)
-    array([0. , 0.3])
-    """
-    a, b = _as_matrix(a, "a"), _as_matrix(b, "b")
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"a, b must live in the same space: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
-    qa, qb = np.linalg.qr(a)[0], np.linalg.qr(b)[0]
-    cos = np.linalg.svd(qa.T @ qb, compute_uv=False)  # descending, so the angles come out ascending
-    return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
 def best_match_layers(m) -> np.ndarray:
@@ -368,15 +195,15 @@ def layer_matching_accuracy(xs, kind: str = "linear", seed: int = 0, *, sigma_fr
     >>> layer_matching_accuracy([torch.tanh(a * z) for a in (0.3, 1.0, 3.0, 10.0)])[1].tolist()
     [0, 1, 2, 3]
     """
-    layers = _as_layers(xs, "xs")
+    layers = as_layers(xs, "xs")
     n = layers[0].shape[0]
     if len(layers) < 2:
         raise ValueError(f"layer matching needs at least 2 layers, got {len(layers)}")
     order = np.random.default_rng(seed).permutation(n)
     rows = []
     for half in (order[: n // 2], order[n // 2:]):
-        _check_kind(kind, len(half))
-        g = _stack([x[half] for x in layers], kind, sigma_frac, "xs")
+        check_kind(kind, len(half))
+        g = gram_stack([x[half] for x in layers], kind, sigma_frac, "xs")
         m = g @ g.T
         m -= m.mean(1, keepdims=True)
         rows.append(m / np.linalg.norm(m, axis=1, keepdims=True))

@@ -10,19 +10,24 @@ carry the emotion with an ordinary neutral token.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from lib.emotions import BASELINE, TARGET_EMOTIONS
-from lib.geometry.directions import (emotion_directions, emotion_subspace, joint_subspace,
-                            layer_cosines, projection_summary, projections, split_half_stability,
-                            subspace_stability)
 from lib.activations.layerwise import LayerData, load_layers, paired_layers
-from lib.geometry.probes import fit_probe, probe_by_layer, probe_direction, text_groups, transfer_eval
+from lib.geometry.directions import emotion_directions, layer_cosines, projection_summary, projections
+from lib.geometry.folds import text_groups
+from lib.geometry.probes import fit_probe, probe_by_layer, probe_direction, transfer_eval
+from lib.geometry.subspaces import emotion_subspace, joint_subspace, split_half_stability, subspace_stability
 
 __all__ = ["READINGS", "reading_layers", "directions_by_layer", "directions_array", "projection_table",
            "cosine_long", "stability_by_layer", "subspace_dims", "probe_curves", "fit_layers", "transfer_table",
-           "probe_directions", "best_layer"]
+           "probe_directions", "best_layer", "best_layers", "at_best_layers", "transfer_by_model",
+           "directions_by_model", "method_agreement", "stability_by_model", "save_directions", "best_layer_report",
+           "report_summary"]
 
 READINGS = ("sentence_end", "span", "mean")
 
@@ -124,7 +129,7 @@ def probe_curves(real: LayerData, control: LayerData | None = None, *, shuffled_
                  seed: int = 0, progress: bool | None = None) -> pd.DataFrame:
     """Cross-validated probe accuracy and macro-F1 by layer with 95% bootstrap intervals, beside two
     controls: shuffled labels, and the same architecture with random weights (``control``, on the
-    same rows). Folds keep near-identical texts together (``lib.geometry.probes.text_groups``).
+    same rows). Folds keep near-identical texts together (``lib.geometry.folds.text_groups``).
 
     Columns: layer, variant (probe, shuffled labels, random weights), accuracy, acc_lo, acc_hi,
     macro_f1, f1_lo, f1_hi.
@@ -173,3 +178,124 @@ def transfer_table(fits: dict, test: LayerData) -> tuple[pd.DataFrame, dict]:
 def probe_directions(fits: dict, emotions=TARGET_EMOTIONS) -> dict[int, dict]:
     """{layer: {(emotion, "probe"): unit direction}} from the fitted probes' weights."""
     return {layer: {(e, "probe"): probe_direction(pipe, e) for e in emotions} for layer, pipe in fits.items()}
+
+
+# ------------------------------------------------------------------------ every model at once, for the notebook
+def best_layers(curves: pd.DataFrame, models) -> dict[str, int]:
+    """{model: ``best_layer`` of its probe curve} from ``probe_curves`` tables concatenated with a ``model`` column."""
+    return {m: best_layer(curves[curves["model"] == m]) for m in models}
+
+
+def at_best_layers(curves: pd.DataFrame, best: dict) -> pd.DataFrame:
+    """The rows of ``curves`` (every variant) at each model's best layer, in their order; models not in ``best``
+    are left out."""
+    return curves[curves.apply(lambda r: r["model"] in best and r["layer"] == best[r["model"]], axis=1)]
+
+
+def transfer_by_model(authored: dict, train: dict, dev: dict, best: dict, *, train_name: str, dev_name: str,
+                      seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Transfer both ways for every model (keys of ``authored``, {model: LayerData}): probes fitted on the
+    authored rows scored on ``dev``, and probes fitted on ``train`` scored on the authored rows.
+
+    Returns (table of ``transfer_table`` rows with model and direction ("authored -> <dev_name>",
+    "<train_name> -> authored"), forward then reverse per model; per-class forward scores at each model's best
+    layer; {model: {layer: probe fitted on the authored rows}}).
+    """
+    rows, per_class, fits = [], [], {}
+    for m, ld in authored.items():
+        fits[m] = fit_layers(ld, seed=seed)
+        forward, full = transfer_table(fits[m], dev[m])
+        reverse, _ = transfer_table(fit_layers(train[m], seed=seed), ld)
+        rows += [forward.assign(model=m, direction=f"authored -> {dev_name}"),
+                 reverse.assign(model=m, direction=f"{train_name} -> authored")]
+        per_class.append(full[best[m]]["per_class"].reset_index().assign(model=m, layer=best[m]))
+    return pd.concat(rows, ignore_index=True), pd.concat(per_class, ignore_index=True), fits
+
+
+def directions_by_model(authored: dict, stores, fits: dict, *, profiles, readings=READINGS,
+                        methods=("mean_vs_neutral", "mean_vs_rest", "pca"), site: str = "hook_resid_post") -> dict:
+    """{(model, reading): (LayerData, ``directions_by_layer``)} for every model in ``fits`` and reading.
+
+    The sentence-end reading is ``authored[model]`` and adds the probe directions of ``fits[model]``; the
+    other readings are read from ``stores[model, profile]`` for each of ``profiles``.
+    """
+    out = {}
+    for m in fits:
+        probe_dirs = probe_directions(fits[m])
+        for reading in readings:
+            ld = authored[m] if reading == "sentence_end" else reading_layers(
+                [stores[m, p] for p in profiles], m, reading, site)
+            out[m, reading] = (ld, directions_by_layer(ld, methods, probe_dirs if reading == "sentence_end" else None))
+    return out
+
+
+def method_agreement(dirs: dict, reference: str = "mean_vs_neutral") -> pd.DataFrame:
+    """Cosine between every direction and its emotion's ``reference`` direction at the same layer, from
+    ``directions_by_model`` output: columns model, reading, layer, emotion, method, cosine (the reference
+    itself included, cosine 1)."""
+    rows = []
+    for (m, reading), (_, by_layer) in dirs.items():
+        for layer, d in by_layer.items():
+            for (emotion, method), v in d.items():
+                rows.append({"model": m, "reading": reading, "layer": layer, "emotion": emotion, "method": method,
+                             "cosine": float(v @ d[emotion, reference])})
+    return pd.DataFrame(rows)
+
+
+def stability_by_model(authored: dict, profiles, **kwargs) -> pd.DataFrame:
+    """``stability_by_layer`` for every model: subspaces fit on the rows of ``profiles[0]`` against
+    ``profiles[1]``, and on random halves of all rows; ``kwargs`` go to ``stability_by_layer``. Adds ``model``."""
+    parts = []
+    for m, ld in authored.items():
+        ld_a, ld_b = (ld.subset((ld.labels["profile"] == p).to_numpy()) for p in profiles[:2])
+        parts.append(stability_by_layer(ld_a, ld_b, ld, **kwargs).assign(model=m))
+    return pd.concat(parts, ignore_index=True)
+
+
+def save_directions(out: Path, dirs: dict, models, site: str, reading: str = "sentence_end") -> None:
+    """Per model, ``directions--<model>.npy`` (``directions_array``: float32 [layers, keys, d_model]) and
+    ``directions--<model>.json`` (model, site, reading, layers, keys, shape), ':' in names written '-'."""
+    for m in models:
+        arr, layers, keys = directions_array(dirs[m, reading][1])
+        stem = f"directions--{m.replace(':', '-')}"
+        np.save(Path(out) / f"{stem}.npy", arr)
+        (Path(out) / f"{stem}.json").write_text(json.dumps(
+            {"model": m, "site": site, "reading": reading, "layers": layers, "keys": [list(k) for k in keys],
+             "shape": list(arr.shape)}, indent=2))
+
+
+def best_layer_report(at_best: pd.DataFrame, transfer: pd.DataFrame, best: dict) -> dict:
+    """{model: best_layer, accuracy, accuracy_ci, shuffled_accuracy, random_weights_accuracy,
+    transfer_macro_f1} at each model's best layer, from ``at_best_layers`` and ``transfer_by_model`` tables."""
+    report = {}
+    for m, layer in best.items():
+        row = lambda v: at_best[(at_best["model"] == m) & (at_best["variant"] == v)].iloc[0]  # noqa: E731
+        fwd = transfer[(transfer["model"] == m) & (transfer["layer"] == layer)
+                       & transfer["direction"].str.startswith("authored")]
+        report[m] = {"best_layer": layer, "accuracy": row("probe")["accuracy"],
+                     "accuracy_ci": [row("probe")["acc_lo"], row("probe")["acc_hi"]],
+                     "shuffled_accuracy": row("shuffled labels")["accuracy"],
+                     "random_weights_accuracy": row("random weights")["accuracy"],
+                     "transfer_macro_f1": float(fwd["macro_f1"].iloc[0])}
+    return report
+
+
+def report_summary(report: dict) -> str:
+    """The phase's one-line summary of a ``best_layer_report``.
+
+    >>> r = {"best_layer": 2, "accuracy": 0.9, "accuracy_ci": [0.85, 0.95], "shuffled_accuracy": 0.25,
+    ...      "random_weights_accuracy": 0.4, "transfer_macro_f1": 0.5}
+    >>> for part in report_summary({"m": r}).split(", "):
+    ...     print(part)
+    m: best layer 2
+    accuracy 0.900 [0.850
+    0.950]
+    shuffled 0.250
+    random weights 0.400
+    GoEmotions dev macro-F1 0.500
+    """
+    return "; ".join(f"{m}: best layer {r['best_layer']}, accuracy {r['accuracy']:.3f} "
+                     f"[{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}], shuffled {r['shuffled_accuracy']:.3f}, "
+                     f"random weights {r['random_weights_accuracy']:.3f}, GoEmotions dev macro-F1 "
+                     f"{r['transfer_macro_f1']:.3f}" for m, r in report.items())
+

@@ -1,45 +1,16 @@
-"""lib.geometry.directions against hand computations (numpy, sklearn, scipy) and planted structure."""
+"""lib.geometry.directions against hand computations (numpy, sklearn) and planted structure."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
-import scipy.linalg
 from sklearn.decomposition import PCA
 
 from lib.emotions import BASELINE, TARGET_EMOTIONS
 from lib.geometry.directions import (
-    cosine_matrix, diff_of_means, drop_missing, emotion_directions, emotion_subspace,
-    joint_subspace, layer_cosines, orient, pca_direction, projection_summary, projections, random_subspace_angles,
-    split_half_stability, subspace_angles, subspace_stability, top_components,
+    cosine_matrix, diff_of_means, emotion_directions, layer_cosines, orient, pca_direction, projection_summary,
+    projections, top_components,
 )
-
-D = 24
-
-
-def _orthonormal(rng, d, k):
-    return np.linalg.qr(rng.standard_normal((d, k)))[0]
-
-
-def planted(seed=0, n=120, shift=3.0, shifted=TARGET_EMOTIONS, offsets=None, d=D):
-    """neutral = mu + noise; emotion e = mu + shift * u_e + noise (u_e orthonormal); anisotropic, rotated noise
-    (std 0.05..0.6, below the between-class spread along u). Returns x, labels DataFrame, {emotion: u}."""
-    rng = np.random.default_rng(seed)
-    u = offsets if offsets is not None else dict(zip(TARGET_EMOTIONS, _orthonormal(rng, d, 3).T))
-    rot = _orthonormal(rng, d, d)
-    noise_sd = np.geomspace(0.05, 0.6, d)
-    mu = rng.normal(0, 2, d)
-    blocks, names = [], []
-    for cls in (*TARGET_EMOTIONS, BASELINE):
-        offset = shift * u[cls] if cls in shifted else 0.0
-        blocks.append(mu + offset + (rng.standard_normal((n, d)) * noise_sd) @ rot.T)
-        names += [cls] * n
-    return np.vstack(blocks).astype(np.float32), pd.DataFrame({"emotion": names}), u
-
-
-@pytest.fixture(scope="module")
-def data():
-    return planted()
+from tests.geometry.synthetic import planted
 
 
 def cos(a, b):
@@ -125,8 +96,6 @@ def test_nan_rows_dropped_and_counted():
     assert counts == {"used": {"gratitude": 2, "anger": 2}, "dropped": {"gratitude": 3, "anger": 0, "neutral": 5}}
     hand = x2[[3, 4]].mean(0) - x2[[10, 11]].mean(0)
     np.testing.assert_allclose(v, hand / np.linalg.norm(hand))
-    rows = drop_missing(x, labels)
-    assert rows.index.tolist() == [3, 4, 5, 6, 8, 9] and rows.dropped == {"gratitude": 3, "neutral": 1}
 
 
 def test_too_few_rows_raises_naming_the_emotion():
@@ -156,95 +125,6 @@ def test_top_components_match_sklearn_pca(data):
     assert all_ratios.sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="k=9"):
         top_components(x[:5, :8], 9)
-
-
-def _known_spectrum(seed=0, shares=(0.5, 0.3, 0.15, 0.05), d=10, n=8):
-    """Emotion rows minus the neutral mean = U diag(s) V^T with s^2 / sum(s^2) = shares; neutral rows == mu."""
-    rng = np.random.default_rng(seed)
-    left, right = _orthonormal(rng, n, len(shares)), _orthonormal(rng, d, len(shares))
-    mu = rng.normal(size=d)
-    offsets = left @ np.diag(np.sqrt(np.asarray(shares) * 40)) @ right.T
-    x = np.vstack([mu + offsets, np.tile(mu, (3, 1))])
-    return x, ["anger"] * n + ["neutral"] * 3, right
-
-
-@pytest.mark.parametrize("threshold,k", [(0.5, 1), (0.6, 2), (0.8, 2), (0.9, 3), (0.95, 3), (0.96, 4), (1.0, 4)])
-def test_subspace_k_is_smallest_reaching_threshold(threshold, k):
-    x, labels, right = _known_spectrum()
-    s = emotion_subspace(x, labels, "anger", var_threshold=threshold)
-    assert s.k == k and s.basis.shape == (x.shape[1], k)
-    np.testing.assert_allclose(s.explained[:4], [0.5, 0.8, 0.95, 1.0], atol=1e-12)
-    np.testing.assert_allclose(s.basis.T @ s.basis, np.eye(k), atol=1e-12)
-    assert subspace_angles(s.basis, right[:, :k]).max() < 1e-6  # spans the planted top-k axes
-
-
-def test_subspace_max_k_and_fixed_k():
-    x, labels, _ = _known_spectrum()
-    assert emotion_subspace(x, labels, "anger", var_threshold=0.99, max_k=2).k == 2
-    assert emotion_subspace(x, labels, "anger", k=1).k == 1
-
-
-def test_joint_subspace_spans_planted_offsets(data):
-    x, labels, u = data
-    s = joint_subspace(x, labels, var_threshold=0.8)
-    assert s.k == 3  # the three offsets carry 27 of ~30 units of squared norm per row
-    assert subspace_angles(s.basis, np.stack(list(u.values()), 1)).max() < 0.15
-
-
-def test_subspace_angles_match_scipy_and_known_angle():
-    rng = np.random.default_rng(4)
-    a, b = rng.normal(size=(10, 3)), rng.normal(size=(10, 4))
-    want = np.sort(scipy.linalg.subspace_angles(a, b))
-    np.testing.assert_allclose(subspace_angles(a, b), want, atol=1e-10)
-    np.testing.assert_allclose(subspace_angles(b, a), want, atol=1e-10)
-    for t in (0.3, 1.2, 1e-7):
-        e1, e2, e3 = np.eye(4)[:3]
-        c = np.cos(t) * e1 + np.sin(t) * e2  # b = span{c, e3}, given by a non-orthonormal basis
-        got = subspace_angles(np.stack([e1, e3], 1), np.stack([3 * c, e3 + c], 1))
-        np.testing.assert_allclose(got, [0.0, t], rtol=1e-6, atol=1e-12)
-    with pytest.raises(ValueError, match="linearly dependent"):
-        subspace_angles(np.ones((4, 2)), a[:4])
-
-
-def test_random_subspace_reference_matches_theory():
-    # one line in the plane: the angle is uniform on [0, pi/2], mean pi/4
-    a = random_subspace_angles(2, 1, 1, n_samples=4000, seed=0)
-    assert a.mean() == pytest.approx(np.pi / 4, abs=0.03)
-    np.testing.assert_array_equal(a, random_subspace_angles(2, 1, 1, n_samples=4000, seed=0))
-
-
-def test_split_half_stability_far_below_random_reference():
-    rng = np.random.default_rng(5)
-    d, n = 40, 60
-    basis = _orthonormal(rng, d, 3)
-    x, names = [], []
-    for i, cls in enumerate((*TARGET_EMOTIONS, BASELINE)):
-        low_rank = rng.normal(size=(n, 3)) * [1.0, 0.6, 0.3] @ basis.T  # variation inside the planted subspace
-        offset = 4 * basis[:, i] if cls != BASELINE else 0
-        x.append(offset + low_rank + 0.05 * rng.normal(size=(n, d)))
-        names += [cls] * n
-    x, labels = np.vstack(x), pd.DataFrame({"emotion": names})
-    stab = split_half_stability(x, labels, n_splits=4, seed=0, n_null=100)
-    summary = stab.summary()
-    assert stab.k == 3 and stab.angles.shape == (4, 3) and len(stab.table) == 4
-    assert summary["max_angle"] < 0.2 < 1.0 < summary["null_mean_angle"]
-    assert stab.angles.max() < stab.null.mean(1).min()  # every split beats every random draw
-    per_emotion = split_half_stability(x, labels, emotion="anger", k=2, n_splits=2, n_null=20)
-    assert per_emotion.angles.shape == (2, 2) and per_emotion.summary()["max_angle"] < 0.3
-
-
-def test_subspace_stability_same_vs_rotated_generator(data):
-    x1, l1, u = data
-    x2, l2, _ = planted(seed=7, offsets=u)  # same offsets, fresh noise
-    same = subspace_stability(x1, l1, x2, l2, var_threshold=0.8)
-    assert same.k == 3 and same.angles.max() < 0.2
-    rng = np.random.default_rng(9)
-    other = dict(zip(TARGET_EMOTIONS, _orthonormal(rng, D, 3).T))
-    x3, l3, _ = planted(seed=8, offsets=other)
-    moved = subspace_stability(x1, l1, x3, l3, var_threshold=0.8)
-    assert moved.angles.max() > 0.5
-    one = subspace_stability(x1, l1, x2, l2, emotion="gratitude", k=1)
-    assert one.angles.shape == (1, 1) and one.angles[0, 0] < 0.1
 
 
 def test_cosine_matrix_and_layer_cosines():

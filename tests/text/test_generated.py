@@ -1,15 +1,11 @@
-"""Text metrics against hand counts, direct VADER calls and explicit resampling loops."""
+"""Text metrics against hand counts and direct VADER calls."""
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from lib.emotions import TARGET_EMOTIONS
-from lib.stats.bootstrap import mean_ci, paired_difference
-from lib.stats.permutation import permutation_p
 from lib.text.generated import LEXICON_PATH, keyword_counts, load_lexicon, vader_compound
 
 SMALL = {
@@ -65,88 +61,6 @@ def test_vader_compound_equals_direct_call_and_has_right_sign():
     assert got.tolist() == expected
     assert got[0] > 0.5 and got[1] < -0.5 and got[2] == 0.0
     assert vader_compound([]).shape == (0,)
-
-
-def _quantile_linear(values, q):
-    """numpy's default ('linear', Hyndman-Fan type 7) quantile, by hand."""
-    s = sorted(values)
-    h = (len(s) - 1) * q
-    lo = math.floor(h)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (h - lo) * (s[hi] - s[lo])
-
-
-def _bootstrap_by_loop(x, n_boot, seed, level):
-    rng = np.random.default_rng(seed)
-    n = len(x)
-    means = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        means.append(sum(x[int(i)] for i in idx) / n)
-    return _quantile_linear(means, (1 - level) / 2), _quantile_linear(means, (1 + level) / 2)
-
-
-@pytest.mark.parametrize("n", [5, 12, 31])
-def test_mean_ci_matches_explicit_loop(n):
-    x = [float(v) for v in np.random.default_rng(100 + n).normal(1.0, 2.0, size=n)]
-    got = mean_ci(x, n_boot=500, seed=7, level=0.9)
-    low, high = _bootstrap_by_loop(x, 500, 7, 0.9)
-    assert got["n"] == n and got["level"] == 0.9
-    assert got["mean"] == pytest.approx(sum(x) / n, abs=1e-12)
-    assert got["ci_low"] == pytest.approx(low, abs=1e-12)
-    assert got["ci_high"] == pytest.approx(high, abs=1e-12)
-    assert got["ci_low"] <= got["mean"] <= got["ci_high"]
-
-
-def test_paired_difference_matches_loop_on_differences():
-    rng = np.random.default_rng(3)
-    base = rng.normal(size=20)
-    other = base + 0.5 + rng.normal(scale=0.3, size=20)
-    got = paired_difference(base.tolist(), other.tolist(), n_boot=400, seed=11)
-    diffs = [float(o - b) for b, o in zip(base, other)]
-    low, high = _bootstrap_by_loop(diffs, 400, 11, 0.95)
-    assert got["mean"] == pytest.approx(sum(diffs) / 20, abs=1e-12)
-    assert (got["ci_low"], got["ci_high"]) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
-    assert got["ci_low"] <= got["mean"] <= got["ci_high"] and got["ci_low"] > 0  # clear planted shift
-
-
-def test_ci_narrows_with_more_items():
-    rng = np.random.default_rng(0)
-    widths = []
-    for n in (20, 200, 2000):
-        r = mean_ci(rng.normal(size=n))
-        widths.append(r["ci_high"] - r["ci_low"])
-    assert widths[0] > widths[1] > widths[2]
-    assert widths[0] / widths[2] == pytest.approx(10, rel=0.3)  # width ~ 1 / sqrt(n)
-
-
-def test_bootstrap_errors():
-    with pytest.raises(ValueError, match="equal lengths"):
-        paired_difference([1.0, 2.0], [1.0])
-    with pytest.raises(ValueError, match="non-empty"):
-        mean_ci([])
-    with pytest.raises(ValueError, match="non-empty"):
-        paired_difference([], [])
-    with pytest.raises(ValueError, match=r"x\[1\]"):
-        mean_ci([1.0, float("nan")])
-    with pytest.raises(ValueError, match="level"):
-        mean_ci([1.0, 2.0], level=95)
-
-
-def test_permutation_p_by_hand():
-    null = [-3.0, -1.0, 0.0, 1.0, 2.0, 2.0, 4.0]  # 7 values
-    assert permutation_p(2.0, null) == (1 + 3) / 8                              # 2, 2, 4
-    assert permutation_p(2.0, null, alternative="less") == (1 + 6) / 8          # all but 4
-    assert permutation_p(-2.0, null, alternative="two-sided") == (1 + 4) / 8    # -3, 2, 2, 4
-    assert permutation_p(10.0, null) == 1 / 8
-    assert permutation_p(-10.0, null, alternative="less") == 1 / 8
-
-
-def test_permutation_p_errors():
-    with pytest.raises(ValueError, match="two-sided"):
-        permutation_p(1.0, [0.0], alternative="both")
-    with pytest.raises(ValueError, match="null"):
-        permutation_p(1.0, [])
 
 
 def test_load_lexicon_real_file():
