@@ -11,7 +11,7 @@ from pathlib import Path
 
 __all__ = [
     "ROOT", "LIB", "DATA", "EMOTION_DATA", "GOEMOTIONS_DATA", "NOTEBOOKS", "PARAMS",
-    "RESULTS", "REPORTS", "MODELS", "KERNEL_NAME",
+    "RESULTS", "REPORTS", "MODELS", "KERNEL_NAME", "relative",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,3 +26,9 @@ REPORTS = ROOT / "reports"
 # Dequantized weights and downloaded wheels; override with EMOTION_MODELS_DIR.
 MODELS = Path(os.environ.get("EMOTION_MODELS_DIR", ROOT / "models")).resolve()
 KERNEL_NAME = "emotion-circuits"
+
+
+def relative(path: Path) -> Path:
+    """``path`` relative to the project root when inside it, else unchanged."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path

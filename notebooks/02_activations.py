@@ -68,7 +68,8 @@ from lib.activations.runs import extract_all, resolve_stores_dir
 from lib.phases.activations import norm_profile, pca_panels, store_table
 from lib.activations.plan import ExtractConfig
 from lib.report.plots import EMOTION_COLORS, setup_plotly
-from lib.pipeline.provenance import relative, save_summary
+from lib.paths import relative
+from lib.pipeline.provenance import save_summary
 from lib.pipeline.results import prepare_output_dir, provenance_markdown
 from lib.activations.store import open_store
 from lib.pipeline.tracking import log_stores_to_mlflow

@@ -28,7 +28,8 @@ from lib.activations.plan import (ExtractConfig, dataset_sha256, hook_names_for,
 from lib.activations.store import FORMAT_VERSION, quiet_zarr, store_complete
 from lib.activations.writer import Writer, create_arrays
 from lib.models.encoding import span_token_mask
-from lib.pipeline.provenance import relative, write_json
+from lib.files import write_json
+from lib.paths import relative
 from lib.settings import progress_bar
 
 __all__ = ["extract", "StoreMismatchError"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lib.activations.store import ActivationStore, open_store
 from lib.paths import RESULTS, ROOT
-from lib.pipeline.provenance import relative
+from lib.paths import relative
 
 __all__ = ["parse_profile", "resolve_stores_dir", "store_folder", "extract_all", "open_run_store", "obtain_stores"]
 

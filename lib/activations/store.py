@@ -38,7 +38,8 @@ import pandas as pd
 import torch
 
 from lib.activations.codec import decode_f16
-from lib.pipeline.provenance import IncompleteResultsError, relative
+from lib.files import IncompleteResultsError
+from lib.paths import relative
 
 __all__ = ["REDUCTIONS", "FORMAT_VERSION", "ActivationStore", "open_store", "store_complete", "StoreError",
            "quiet_zarr"]

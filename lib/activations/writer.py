@@ -9,7 +9,7 @@ import numpy as np
 
 from lib.activations.plan import keeps_tokens
 from lib.activations.store import quiet_zarr
-from lib.pipeline.provenance import write_json
+from lib.files import write_json
 
 __all__ = ["create_arrays", "ChunkEncoder", "Writer"]
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from lib.activations.names import act_name
 from lib.emotions import EMOTIONS
-from lib.pipeline.provenance import relative
+from lib.paths import relative
 from lib.activations.store import ActivationStore
 
 __all__ = ["EMOTION_CHOICES", "store_table", "norm_profile", "pca_2d", "pca_panels"]

@@ -6,7 +6,7 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
-from lib.pipeline.provenance import relative
+from lib.paths import relative
 
 __all__ = ["recover", "move_aside", "fresh_partial", "swap_in"]
 

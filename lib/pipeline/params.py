@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from lib import paths
-from lib.pipeline.provenance import relative
+from lib.paths import relative
 
 __all__ = ["ParamsError", "notebook_parameters", "read_yaml", "effective_params", "RESERVED"]
 

@@ -9,17 +9,13 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from lib.paths import ROOT
+from lib.files import IncompleteResultsError, write_json
+from lib.paths import ROOT, relative
 
-__all__ = ["relative", "git_commit", "package_versions", "hash_paths", "write_json", "read_manifest",
-           "save_summary", "IncompleteResultsError", "PACKAGES"]
+__all__ = ["git_commit", "package_versions", "hash_paths", "read_manifest", "save_summary", "PACKAGES"]
 
 PACKAGES = ("torch", "transformer-lens", "transformers", "gguf", "numpy", "pandas", "scikit-learn",
             "plotly", "papermill", "jupytext", "nbconvert")
-
-
-class IncompleteResultsError(RuntimeError):
-    """A results folder without a manifest: a run that was interrupted or copied half-way."""
 
 
 def git_commit() -> dict:
@@ -60,20 +56,6 @@ def hash_paths(paths: list[Path], extra: bytes = b"") -> str:
         digest.update(str(relative(f)).encode() + b"\0")
         digest.update(hashlib.sha256(f.read_bytes()).digest())
     return digest.hexdigest()
-
-
-def relative(path: Path) -> Path:
-    """``path`` relative to the project root when inside it, else unchanged."""
-    path = Path(path).resolve()
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-
-
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically (temp file then rename), so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
 
 
 def read_manifest(folder: Path) -> dict:

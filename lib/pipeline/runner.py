@@ -23,7 +23,9 @@ from lib.models.weights import sha256_file
 from lib.pipeline.checks import check_values
 from lib.pipeline.folders import fresh_partial, move_aside, recover, swap_in
 from lib.pipeline.params import ParamsError, effective_params, notebook_parameters
-from lib.pipeline.provenance import git_commit, hash_paths, package_versions, read_manifest, relative, write_json
+from lib.files import write_json
+from lib.paths import relative
+from lib.pipeline.provenance import git_commit, hash_paths, package_versions, read_manifest
 from lib.report.html import render_html, write_index
 from lib.settings import apply_hub_policy
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from lib.emotions import EMOTIONS
 from lib.paths import EMOTION_DATA, GOEMOTIONS_DATA
-from lib.pipeline.provenance import relative
+from lib.paths import relative
 
 __all__ = [
     "EMOTIONS", "PROFILES", "AUTHORED_PROFILES", "REGISTERS", "DOMAINS", "GOEMOTIONS_LABELS", "DatasetError",

@@ -19,7 +19,7 @@ from lib.activations.plan import ExtractConfig
 from lib.activations.store import open_store
 from lib.models.loading import load_model
 from lib.models.parity import reference_hf_model
-from lib.pipeline.provenance import IncompleteResultsError
+from lib.files import IncompleteResultsError
 from lib.text.datasets import load_profile
 
 

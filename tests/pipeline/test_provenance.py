@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from lib.pipeline.provenance import IncompleteResultsError, hash_paths, read_manifest, write_json
+from lib.files import IncompleteResultsError, write_json
+from lib.pipeline.provenance import hash_paths, read_manifest
 
 
 def test_half_written_folder_is_refused(tmp_path):
