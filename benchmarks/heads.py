@@ -28,11 +28,13 @@ from scipy.stats import spearmanr
 from lib.settings import apply_hub_policy
 
 apply_hub_policy()  # before transformers is imported
-from lib.text.datasets import load_profiles
-from lib.interventions.scores import attribution_patching
-from lib.interventions.sweep import clean_state, continuation_ids, mean_head_z, readout_from_probe, sweep_fast, sweep_naive
-from lib.models.loading import load_model
+from lib.activations.names import act_name
 from lib.geometry.probes import fit_probe
+from lib.interventions.readout import continuation_ids, readout_from_probe
+from lib.interventions.scores import attribution_patching
+from lib.interventions.sweep import clean_state, mean_head_z, sweep_fast, sweep_naive
+from lib.models.loading import load_model
+from lib.text.datasets import load_profiles
 from lib.text.generated import load_lexicon
 
 
@@ -55,7 +57,7 @@ def fit_readout(lm, df, n_rows: int = 400):
     """The last layer's probe, fitted on the sentence-end resid_post of ``n_rows`` authored rows."""
     layer = lm.cfg.n_layers - 1
     sub = df.groupby("emotion").head(n_rows // 4)
-    name = f"blocks.{layer}.hook_resid_post"
+    name = act_name("resid_post", layer)
     xs = []
     with torch.inference_mode():
         for i in range(0, len(sub), 32):

@@ -65,10 +65,7 @@ seed = 0
 output_dir = ""
 
 # %%
-import json
-
 import numpy as np
-import pandas as pd
 import plotly.express as px
 import torch
 from IPython.display import Markdown, display
@@ -76,14 +73,11 @@ from IPython.display import Markdown, display
 from lib.settings import show_progress
 from lib.activations.runs import obtain_stores
 from lib.text.datasets import load_profiles
-from lib.geometry.directions import diff_of_means
-from lib.phases.heads import analyse_emotion, choose_prompts, head_set_effects
-from lib.interventions.sweep import continuation_ids, readout_from_probe
-from lib.activations.layerwise import load_layers
-from lib.models.loading import load_model
-from lib.paths import RESULTS
+from lib.phases.heads import (HeadsConfig, analyse_models, attribution_panels, direction_agreement, error_bars,
+                              generation_examples, generation_table, head_set_table, permutation_pivot,
+                              probe_sweeps, prompt_counts, save_tables, scaled_screening, spearman_pivot,
+                              summary_text, time_per_model, top_head_bars)
 from lib.report.plots import EMOTION_COLORS, setup_plotly
-from lib.geometry.probes import fit_probe
 from lib.pipeline.provenance import save_summary
 from lib.pipeline.results import prepare_output_dir, provenance_markdown
 from lib.text.generated import load_lexicon
@@ -95,34 +89,21 @@ out = prepare_output_dir(output_dir)
 stores = obtain_stores(models, fit_profiles, activations_run, out, max_per_emotion=max_per_emotion, seed=seed)
 lexicon = load_lexicon()
 prompt_rows = load_profiles(prompt_profiles)
+config = HeadsConfig(probe_layer=probe_layer, n_prompts=n_prompts, top_k=top_k, ks=tuple(ks), n_random=n_random,
+                     n_gen_tokens=n_gen_tokens, all_positions=all_positions, heads=heads, seed=seed)
 
 # %% [markdown]
 # ## Per model and emotion: every head, every score
 # The probe (StandardScaler + logistic regression, as in phase 03) and the direction are fitted on
-# the sentence-end `hook_resid_post` of `probe_layer` over every authored row.
+# the sentence-end `hook_resid_post` of `probe_layer` over every authored row. A chosen head set
+# (`heads`) is measured first, so a bad set fails in seconds, not after the sweeps.
 
 # %%
-parts, identities, readouts, chosen = {}, [], {}, []
-for m in models:
-    lm = load_model(m, device="cpu")
-    identities.append(lm.identity())
-    layer = probe_layer % lm.cfg.n_layers
-    ld = load_layers([stores[m, p] for p in fit_profiles], m, "hook_resid_post", layers=[layer])
-    probe = fit_probe(ld.xs[0], ld.labels["emotion"].to_numpy(), seed=seed)
-    words = {e: lexicon[e]["continuations"] for e in emotions}
-    readouts[m] = readout_from_probe(probe, layer, continuation_ids(lm.tokenizer, words))
-    for e in emotions:
-        direction = diff_of_means(ld.xs[0], ld.labels, e)
-        prompts = choose_prompts(lm.encoder, prompt_rows, e, n_prompts, seed)
-        if heads:  # first: a bad head set fails in seconds, not after the sweeps
-            chosen.append(head_set_effects(lm, readouts[m], prompts, heads, lexicon, n_gen_tokens=n_gen_tokens, seed=seed))
-        parts[m, e] = analyse_emotion(lm, readouts[m], direction, prompts, lexicon, top_k=top_k, ks=ks,
-                                      n_random=n_random, n_gen_tokens=n_gen_tokens, all_positions=all_positions,
-                                      seed=seed, progress=print if show_progress() else None)
-    del lm
-tables = {k: pd.concat([p[k] for p in parts.values()], ignore_index=True) for k in next(iter(parts.values()))}
-display(tables["prompts"].groupby(["model", "prompt_emotion", "role"]).agg(rows=("id", "size"), tokens=("T", "first")))
-display(tables["timings"].groupby("model")["seconds"].sum().rename("seconds in all").to_frame())
+run = analyse_models(models, emotions, stores, fit_profiles, prompt_rows, lexicon, config,
+                     progress=print if show_progress() else None)
+tables = run.tables
+display(prompt_counts(tables["prompts"]))
+display(time_per_model(tables["timings"]))
 
 # %% [markdown]
 # ## Screening heatmaps
@@ -130,9 +111,7 @@ display(tables["timings"].groupby("model")["seconds"].sum().rename("seconds in a
 # emotion and score so the five fit one colour scale (hover shows the raw value).
 
 # %%
-screen = tables["screening"].copy()
-screen["scaled"] = screen["value"] / screen.groupby(["model", "emotion", "score"])["value"].transform(
-    lambda v: v.abs().max() or 1.0)
+screen = scaled_screening(tables["screening"])
 for m in models:
     sub = screen[screen["model"] == m]
     px.density_heatmap(sub, x="head", y="layer", z="scaled", facet_col="score", facet_row="emotion", histfunc="sum",
@@ -149,7 +128,7 @@ for m in models:
 
 # %%
 sweeps = tables["sweeps"]
-sw = sweeps[sweeps["metric"] == "probe_prob"].assign(what=lambda d: d["intervention"] + ", " + d["positions"])
+sw = probe_sweeps(sweeps)
 for m in models:
     sub = sw[sw["model"] == m]
     lim = float(sub["effect"].abs().max()) or 1.0
@@ -166,17 +145,14 @@ for m in models:
 # 95% intervals (1.96 standard errors over prompts).
 
 # %%
-top = tables["top_heads"].assign(head_label=lambda d: d["layer"].astype(str) + ":" + d["head"].astype(str),
-                                 ci=lambda d: 1.96 * d["se"])
-px.bar(top, x="rank", y="drop", error_y="ci", color="emotion", facet_col="emotion", facet_row="model",
-       text="head_label", color_discrete_map=EMOTION_COLORS,
+px.bar(top_head_bars(tables["top_heads"]), x="rank", y="drop", error_y="ci", color="emotion", facet_col="emotion",
+       facet_row="model", text="head_label", color_discrete_map=EMOTION_COLORS,
        title="Top heads per emotion (bar labels layer:head): drop in the probe's emotion probability when ablated"
        ).for_each_annotation(lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
 perm = tables["permutation"]
 display(Markdown("**Top-k heads vs k random heads** (effect signed so that larger = more emotion removed by "
                  "ablation, or added by patching; p = (1 + #random >= top) / (1 + random sets)):"))
-display(perm.pivot_table(index=["model", "emotion", "intervention", "heads"], columns="metric",
-                         values=["top_effect", "random_mean", "p_value"]).round(4))
+display(permutation_pivot(perm))
 
 # %% [markdown]
 # ## A chosen head set
@@ -185,17 +161,13 @@ display(perm.pivot_table(index=["model", "emotion", "intervention", "heads"], co
 
 # %%
 if heads:
-    chosen_table = pd.concat(chosen, ignore_index=True)
-    display(chosen_table.set_index(["model", "emotion", "heads", "ablation"])[
-        ["probe_prob", "probe_prob_change", "probe_prob_change_lo", "probe_prob_change_hi", "logprob_change",
-         "vader_change", "keywords_change"]].round(4))
+    display(head_set_table(run.head_set))
 
 # %% [markdown]
 # ## Ablating top-k heads together
 
 # %%
-curve = tables["topk_curve"]
-px.line(curve, x="k", y="drop", color="emotion", facet_col="model", markers=True, log_x=True,
+px.line(tables["topk_curve"], x="k", y="drop", color="emotion", facet_col="model", markers=True, log_x=True,
         color_discrete_map=EMOTION_COLORS, hover_data=["heads"],
         title="Drop in the probe's emotion probability, top-k heads mean-ablated together").update_xaxes(
     tickvals=ks).for_each_annotation(lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
@@ -209,32 +181,25 @@ px.line(curve, x="k", y="drop", color="emotion", facet_col="model", markers=True
 
 # %%
 gs = tables["generation_summary"]
-abl = gs[gs["intervention"] == "ablate"].assign(lo=lambda d: d["vader"] - d["vader_lo"], hi=lambda d: d["vader_hi"] - d["vader"])
-px.bar(abl, x="condition", y="vader", error_y="hi", error_y_minus="lo", color="kind", facet_col="emotion",
-       facet_row="model", title="Ablation: VADER compound sentiment of continuations of emotion prompts"
+px.bar(error_bars(gs, "ablate", "vader"), x="condition", y="vader", error_y="hi", error_y_minus="lo", color="kind",
+       facet_col="emotion", facet_row="model",
+       title="Ablation: VADER compound sentiment of continuations of emotion prompts"
        ).for_each_annotation(lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
-pat = gs[gs["intervention"] == "patch"].assign(lo=lambda d: d["keywords"] - d["keywords_lo"],
-                                               hi=lambda d: d["keywords_hi"] - d["keywords"])
-px.bar(pat, x="condition", y="keywords", error_y="hi", error_y_minus="lo", color="kind", facet_col="emotion",
-       facet_row="model", title="Patching emotion -> neutral: emotion keywords per continuation of neutral prompts"
+px.bar(error_bars(gs, "patch", "keywords"), x="condition", y="keywords", error_y="hi", error_y_minus="lo",
+       color="kind", facet_col="emotion", facet_row="model",
+       title="Patching emotion -> neutral: emotion keywords per continuation of neutral prompts"
        ).for_each_annotation(lambda an: an.update(text=an.text.split("=", 1)[-1])).show()
-display(gs[gs["kind"] != "random"][["model", "emotion", "intervention", "condition", "vader", "vader_lo", "vader_hi",
-                                    "keywords", "keywords_lo", "keywords_hi", "probe_prob"]].round(3))
-ex = tables["generations"]
-display(ex[ex["kind"] != "random"].groupby(["model", "emotion", "intervention", "condition"]).head(1)[
-    ["model", "emotion", "intervention", "condition", "prompt", "continuation"]])
+display(generation_table(gs))
+display(generation_examples(tables["generations"]))
 
 # %% [markdown]
 # ## Attribution patching against exact patching
 # Each point is one head (patching emotion -> neutral); the title gives Spearman's rank correlation.
 
 # %%
-attr = tables["attribution"]
 rho = tables["attribution_spearman"]
-display(rho.pivot_table(index=["model", "emotion"], columns="positions", values="spearman").round(3))
-labels = rho.groupby(["model", "emotion"]).apply(
-    lambda g: ", ".join(f"rho {p} {s:.2f}" for p, s in zip(g["positions"], g["spearman"])), include_groups=False)
-attr = attr.assign(panel=[f"{m} {e} ({labels[m, e]})" for m, e in zip(attr["model"], attr["emotion"])])
+display(spearman_pivot(rho))
+attr = attribution_panels(tables["attribution"], rho)
 px.scatter(attr, x="exact", y="attribution", color="positions", facet_col="panel", facet_col_wrap=3,
            hover_data=["layer", "head"], height=300 * -(-attr["panel"].nunique() // 3),
            title="Attribution estimate vs exact patching effect on the probe probability (Spearman rho per panel)"
@@ -243,31 +208,15 @@ px.scatter(attr, x="exact", y="attribution", color="positions", facet_col="panel
 
 # %% [markdown]
 # ## Save
+# With `vectors_run` set, the directions used here are checked against phase 03's (same function, same rows).
 
 # %%
-for name in ["screening", "sweeps", "attribution", "attribution_spearman", "top_heads", "topk_curve", "generations",
-             "generation_summary", "permutation", "prompts", "timings"]:
-    tables[name].to_csv(out / f"{name}.csv", index=False)
-if heads:
-    chosen_table.to_csv(out / "head_set.csv", index=False)
-if vectors_run:  # the direction used here is phase 03's (same function, same rows): check it
-    agree = {}
-    for m in models:
-        info = json.loads((RESULTS / "03_emotion_vectors" / vectors_run / f"directions--{m}.json").read_text())
-        arr = np.load(RESULTS / "03_emotion_vectors" / vectors_run / f"directions--{m}.npy")
-        ld = load_layers([stores[m, p] for p in fit_profiles], m, "hook_resid_post", layers=[readouts[m].layer])
-        for e in emotions:
-            k = [list(x) for x in info["keys"]].index([e, "mean_vs_neutral"])
-            agree[m, e] = float(arr[info["layers"].index(readouts[m].layer), k] @ diff_of_means(ld.xs[0], ld.labels, e))
+save_tables(out, run)
+if vectors_run:
+    agree = direction_agreement(run, vectors_run)
     display(Markdown(f"Cosine of our directions with phase 03's: min {min(agree.values()):.6f}"))
-lines = []
-for (m, e), p in parts.items():
-    t = p["top_heads"].iloc[0]
-    pv = p["permutation"].set_index(["intervention", "metric"])["p_value"]
-    lines.append(f"{m} {e}: top head {int(t['layer'])}:{int(t['head'])} (drop {t['drop']:.3f}); "
-                 f"top-{top_k} vs random p = {pv['ablate', 'probe_prob']:.3f} (probe), {pv['ablate', 'keywords']:.3f} (keywords)")
-summary = "; ".join(lines)
-save_summary(out, summary=summary, models=identities)
+summary = summary_text(run, top_k)
+save_summary(out, summary=summary, models=run.identities)
 display(Markdown(f"**Summary.** {summary}"))
 display(Markdown(provenance_markdown()))
 

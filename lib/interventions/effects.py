@@ -1,20 +1,26 @@
-"""Effects of head sets: forward-pass metrics and seeded generation with heads ablated or patched.
+"""Effects of head sets: readout metrics with sets of heads intervened on together, random control sets,
+the ranking of heads by an effect, and the comparison of a top set with random sets.
 
-Sets of heads (top-k, random controls) are intervened on together through ``attn.hook_z`` (one
-full forward per set); generation intervenes on the same head slices of the Hugging Face model
-(the output projection's input), at every step for ablations and on the prompt for patches.
+Sets (top-k, random controls) are intervened on through TransformerLens' ``attn.hook_z`` (one full
+forward per set); generation with the same sets is ``lib.interventions.generation``.
+
+>>> rank_heads(np.array([[0.1, 0.5], [0.3, 0.5]]))
+[(0, 1), (1, 1), (1, 0), (0, 0)]
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
+import pandas as pd
 import torch
 
-from lib.interventions.sweep import Readout, final_logits, model_dims, readout_metrics
-from lib.interventions.heads import arch_of, get_path, head_hooks, run_with_hooks_cached
+from lib.activations.names import act_name
+from lib.interventions.heads import format_heads, head_hooks, run_with_hooks_cached
+from lib.interventions.readout import Readout, class_index, readout_metrics
+from lib.stats.bootstrap import mean_ci, paired_difference
+from lib.stats.permutation import permutation_p
 
-__all__ = ["set_metrics", "sample_top_k", "generate_sets", "generate", "random_head_sets", "rank_heads"]
+__all__ = ["set_metrics", "topk_curve", "random_head_sets", "rank_heads", "set_conditions", "condition_summary",
+           "top_vs_random"]
 
 
 def set_metrics(lm, input_ids: torch.Tensor, readout: Readout, heads, mode: str | None, *, positions: str = "all",
@@ -24,97 +30,28 @@ def set_metrics(lm, input_ids: torch.Tensor, readout: Readout, heads, mode: str 
     hooks = [] if mode is None or not heads else head_hooks(
         list(heads), mode, positions=positions, last_index=torch.full((n,), T - 1), mean_z=mean_z,
         source_z=source_z)
-    name = f"blocks.{readout.layer}.hook_resid_post"
+    name = act_name("resid_post", readout.layer)
     logits, cache = run_with_hooks_cached(lm, input_ids, None, hooks, [name])
     res = readout_metrics(cache[name][:, -1], logits[:, -1], readout)
     return {k: v.cpu().numpy() for k, v in res.items()}
 
 
-@contextlib.contextmanager
-def _set_edits(hf, head_sets: list, mode: str | None, n: int, prompt_len: int, mean_z=None, source_z=None):
-    """Pre-hooks on the output projections: rows are set-major (row s * n + i = prompt i under set s), and
-    set s has its heads zeroed, mean-replaced (every position, every step) or patched (the prompt only)."""
-    arch = arch_of(hf)
-    blocks = get_path(hf, arch.layers)
-    _, n_heads, d_head = model_dims(hf)
-    by_layer: dict[int, list[tuple[int, int]]] = {}
-    for s, heads in enumerate(head_sets):
-        for layer, head in heads or []:
-            by_layer.setdefault(layer, []).append((s, head))
-    handles = []
-
-    def make(layer, edits):
-        def pre(module, args):
-            z = args[0]
-            if mode == "patch" and z.shape[1] != prompt_len:
-                return None  # generated positions have no source: left as computed
-            z = z.clone()
-            zv = z.view(len(head_sets), n, z.shape[1], n_heads, d_head)
-            for s, h in edits:
-                if mode == "zero":
-                    zv[s, :, :, h] = 0
-                elif mode == "mean":
-                    zv[s, :, :, h] = mean_z[layer][h].to(z)
-                else:
-                    zv[s, :, :, h] = source_z[layer][:, :, h].to(z)
-            return (z, *args[1:])
-        return pre
-
-    try:
-        if mode is not None:
-            for layer, edits in by_layer.items():
-                handles.append(get_path(blocks[layer], arch.out_proj).register_forward_pre_hook(make(layer, edits)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def sample_top_k(logits: torch.Tensor, gumbel: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Token ids [rows]: a draw from softmax(logits) over each row's ``top_k`` largest logits, by the
-    Gumbel-max trick; row r reads the noise row ``gumbel[r % len(gumbel)]`` [vocab], so the same noise
-    gives the same draw wherever the logits agree (common random numbers across conditions)."""
-    vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)  # [rows, k]
-    noise_rows = torch.arange(logits.shape[0], device=logits.device) % gumbel.shape[0]
-    noise = gumbel.to(logits.device)[noise_rows[:, None], idx]
-    return idx.gather(-1, (vals + noise).argmax(-1, keepdim=True)).squeeze(-1)
-
-
-@torch.inference_mode()
-def generate_sets(lm, input_ids: torch.Tensor, head_sets: list, *, n_tokens: int, seed: int, mode: str | None = None,
-                  mean_z=None, source_z=None, top_k: int = 50, temperature: float = 1.0) -> list[list[str]]:
-    """Sampled continuations of prompts of one length [n, T] under each head set, in one batch: per set a
-    list of ``n`` texts of ``n_tokens`` new tokens (top-k sampling at ``temperature``). Sets are zero- or
-    mean-ablated at every position, or patched from ``source_z`` [n, T, head, d_head] over the prompt
-    (``mode=None`` or an empty set: no intervention). Prompt i draws the same Gumbel noise at each step
-    under every set (seeded), so conditions differ only through the intervention."""
-    if mode is not None and mode not in ("zero", "mean", "patch"):
-        raise ValueError(f"unknown mode {mode!r}; valid: zero, mean, patch")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    hf = lm.bridge.original_model
-    n, T = input_ids.shape
-    S = len(head_sets)
-    gen = torch.Generator().manual_seed(int(seed))
-    cur, past, out = input_ids.repeat(S, 1), None, []
-    with _set_edits(hf, head_sets, mode, n, T, mean_z, source_z):
-        for _ in range(n_tokens):
-            o = hf.base_model(input_ids=cur, past_key_values=past, use_cache=True)
-            logits = final_logits(hf, o.last_hidden_state[:, -1]).float() / temperature
-            u = torch.rand((n, logits.shape[-1]), generator=gen).clamp_(min=1e-20)
-            gumbel = -torch.log(-torch.log(u)).to(logits.device)
-            nxt = sample_top_k(logits, gumbel, top_k)
-            out.append(nxt)
-            cur, past = nxt[:, None], o.past_key_values
-    tokens = torch.stack(out, 1).cpu().view(S, n, n_tokens)
-    return [lm.tokenizer.batch_decode(t, skip_special_tokens=True) for t in tokens]
-
-
-def generate(lm, input_ids: torch.Tensor, *, n_tokens: int, seed: int, heads=None, mode: str | None = None,
-             mean_z=None, source_z=None, top_k: int = 50, temperature: float = 1.0) -> list[str]:
-    """``generate_sets`` for one head set (``heads=None`` or ``mode=None``: the clean model)."""
-    return generate_sets(lm, input_ids, [heads or []], n_tokens=n_tokens, seed=seed, mode=mode if heads else None,
-                         mean_z=mean_z, source_z=source_z, top_k=top_k, temperature=temperature)[0]
+def topk_curve(lm, input_ids: torch.Tensor, readout: Readout, ranked: list[tuple[int, int]], ks, cls: str, *,
+               mean_z, **labels) -> pd.DataFrame:
+    """For each k in ``ks`` (up to ``len(ranked)``): the first k heads of ``ranked`` mean-ablated together,
+    the drop in the probe's ``cls`` probability and the change in ``cls``'s continuation log-probability
+    (means over prompts), one row per k."""
+    ci = class_index(readout, cls)
+    clean = set_metrics(lm, input_ids, readout, [], None)
+    curve = []
+    for k in [k for k in ks if k <= len(ranked)]:
+        m = set_metrics(lm, input_ids, readout, ranked[:k], "mean", mean_z=mean_z)
+        ei = list(readout.continuations).index(cls) if "logprob" in m else None
+        curve.append({"k": k, "heads": format_heads(ranked[:k]),
+                      "drop": float((clean["probs"][:, ci] - m["probs"][:, ci]).mean()),
+                      "logprob_change": float((m["logprob"][:, ei] - clean["logprob"][:, ei]).mean())
+                      if "logprob" in m else np.nan, **labels})
+    return pd.DataFrame(curve)
 
 
 def random_head_sets(n_layers: int, n_heads: int, k: int, n_sets: int, seed: int) -> list[list[tuple[int, int]]]:
@@ -131,3 +68,58 @@ def rank_heads(effect: np.ndarray) -> list[tuple[int, int]]:
     """Heads of an [L, H] effect array, largest first (ties broken by layer, then head)."""
     flat = [(-float(v), layer, head) for (layer, head), v in np.ndenumerate(effect)]
     return [(layer, head) for _, layer, head in sorted(flat)]
+
+
+def set_conditions(top: list, random_sets: list) -> list[tuple[str, list | None, str | None]]:
+    """(condition, heads, kind) of a comparison of sets: the baseline (no heads, kind None), the top set
+    (kind "top", as ``top_vs_random`` reads it) and each random set (kind "random").
+
+    >>> [c for c, _, _ in set_conditions([(0, 1)], [[(1, 1)], [(0, 0)]])]
+    ['baseline', 'top-1', 'random 0', 'random 1']
+    """
+    return ([("baseline", None, None), (f"top-{len(top)}", top, "top")]
+            + [(f"random {i}", s, "random") for i, s in enumerate(random_sets)])
+
+
+def _aligned(c: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
+    return c.set_index("id").loc[base.index]
+
+
+def condition_summary(rows: pd.DataFrame, base: pd.DataFrame, metrics, *, intervention: str, seed: int,
+                      **labels) -> list[dict]:
+    """Per condition of ``rows`` (one row per prompt ``id`` and ``condition``, with a ``kind``): each metric's
+    mean and its change from ``base`` (the baseline rows, indexed by ``id``), paired by prompt, with 95%
+    bootstrap intervals over prompts (columns ``m``, ``m_lo``, ``m_hi``, ``m_change``, ...)."""
+    out = []
+    for cond, c in rows.groupby("condition", sort=False):
+        c = _aligned(c, base)
+        row = {"intervention": intervention, "condition": cond, "kind": c["kind"].iloc[0], **labels}
+        for m in metrics:
+            mc = mean_ci(c[m].to_numpy(), seed=seed)
+            dc = paired_difference(base[m].to_numpy(), c[m].to_numpy(), seed=seed)
+            row.update({m: mc["mean"], f"{m}_lo": mc["ci_low"], f"{m}_hi": mc["ci_high"],
+                        f"{m}_change": dc["mean"], f"{m}_change_lo": dc["ci_low"], f"{m}_change_hi": dc["ci_high"]})
+        out.append(row)
+    return out
+
+
+def top_vs_random(rows: pd.DataFrame, base: pd.DataFrame, metrics, top: list[tuple[int, int]], *, intervention: str,
+                  sign: int, **labels) -> list[dict]:
+    """Per metric: the ``kind == "top"`` condition's mean change from ``base`` (times ``sign``, so larger is the
+    expected direction) against the same for every ``kind == "random"`` condition, with the permutation p
+    (1 + #random >= top) / (1 + random sets)."""
+    effects = {}  # condition -> {metric: signed mean change}, in the order of rows
+    kinds = {}
+    for cond, c in rows[rows["kind"] != "baseline"].groupby("condition", sort=False):
+        kinds[cond] = c["kind"].iloc[0]
+        c = _aligned(c, base)
+        effects[cond] = {m: sign * (c[m] - base[m]).mean() for m in metrics}
+    top_cond = next(c for c, k in kinds.items() if k == "top")
+    out = []
+    for m in metrics:
+        null = np.array([e[m] for c, e in effects.items() if kinds[c] == "random"])
+        out.append({"intervention": intervention, "metric": m, "top_k": len(top), "heads": format_heads(top),
+                    "top_effect": effects[top_cond][m], "random_mean": float(null.mean()),
+                    "random_hi": float(np.quantile(null, 0.95)), "n_random": len(null),
+                    "p_value": permutation_p(effects[top_cond][m], null, alternative="greater"), **labels})
+    return out

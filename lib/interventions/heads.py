@@ -1,4 +1,4 @@
-"""Attention heads: parse head sets, reach each architecture's modules, intervene exactly on ``attn.hook_z``.
+"""Attention heads: parse head sets, intervene exactly on TransformerLens' ``attn.hook_z``.
 
 A head's output is its slice of the attention output projection's input (TransformerLens'
 ``blocks.L.attn.hook_z`` [batch, pos, head, d_head]); zeroing, mean-replacing or patching that
@@ -14,61 +14,17 @@ SmolLM2 has 9 over 3 key-value heads, Gemma 3 270M 4 over 1).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable
 
 import torch
 
-__all__ = ["MODES", "HeadArch", "arch_of", "parse_heads", "format_heads", "head_out_weight", "ablate_head_hook",
-           "patch_head_hook", "head_hooks", "run_with_hooks_cached"]
+from lib.activations.names import act_name
+
+__all__ = ["MODES", "parse_heads", "format_heads", "ablate_head_hook", "patch_head_hook", "head_hooks",
+           "run_with_hooks_cached"]
 
 MODES = ("zero", "mean", "patch")
-
-
-@dataclass(frozen=True)
-class HeadArch:
-    """Where an architecture keeps its blocks, the attention output projection and the final norm."""
-
-    layers: str  # attribute path from the CausalLM to the list of blocks
-    out_proj: str  # inside a block: the module whose input is the concatenated head outputs (z); 'p|q' = p or q
-    final_norm: str
-    block_returns_tuple: bool = False  # GPT-Neo blocks return (hidden, attn_weights)
-    conv1d: bool = False  # GPT-2's Conv1D keeps weight as [in, out]
-
-
-_ARCHS = {
-    "GPT2LMHeadModel": HeadArch("transformer.h", "attn.c_proj", "transformer.ln_f", conv1d=True),
-    "GPTNeoXForCausalLM": HeadArch("gpt_neox.layers", "attention.dense", "gpt_neox.final_layer_norm"),
-    # under a TransformerBridge, GPT-Neo's block.attn is the inner attention (attn.attention in HF)
-    "GPTNeoForCausalLM": HeadArch("transformer.h", "attn.attention.out_proj|attn.out_proj", "transformer.ln_f",
-                                  block_returns_tuple=True),
-    "LlamaForCausalLM": HeadArch("model.layers", "self_attn.o_proj", "model.norm"),
-    "Gemma3ForCausalLM": HeadArch("model.layers", "self_attn.o_proj", "model.norm"),
-}
-
-
-def arch_of(hf_model) -> HeadArch:
-    """The ``HeadArch`` of a Hugging Face causal LM (an error names the supported ones)."""
-    names = list(getattr(hf_model.config, "architectures", None) or []) + [type(hf_model).__name__]
-    for name in names:
-        if name in _ARCHS:
-            return _ARCHS[name]
-    raise ValueError(f"head interventions do not know architecture {names[0]!r}; supported: {sorted(_ARCHS)}")
-
-
-def get_path(root, path: str):
-    """``root.a.b.c`` for ``"a.b.c"``; ``"p|q"`` tries the paths in order."""
-    errors = []
-    for alt in path.split("|"):
-        obj = root
-        try:
-            for part in alt.split("."):
-                obj = getattr(obj, part)
-            return obj
-        except AttributeError as err:
-            errors.append(str(err))
-    raise AttributeError(f"none of {path.split('|')} found on {type(root).__name__}: {errors}")
 
 
 def parse_heads(spec: str | Iterable, *, n_layers: int, n_heads: int, model_name: str = "the model") -> list[tuple[int, int]]:
@@ -98,16 +54,8 @@ def parse_heads(spec: str | Iterable, *, n_layers: int, n_heads: int, model_name
 
 
 def format_heads(heads: Iterable[tuple[int, int]]) -> str:
+    """``"L:H,L:H"`` for ``[(L, H), ...]``, in the given order (the inverse of ``parse_heads`` on sorted pairs)."""
     return ",".join(f"{layer}:{head}" for layer, head in heads)
-
-
-def head_out_weight(hf_model, layer: int, head: int, d_head: int) -> torch.Tensor:
-    """[d_head, d_model]: head ``head``'s block of the output projection (z_h @ it = the head's output,
-    without bias). For Gemma 3 the post-attention norm comes after the sum of heads."""
-    arch = arch_of(hf_model)
-    mod = get_path(get_path(hf_model, arch.layers)[layer], arch.out_proj)
-    sl = slice(head * d_head, (head + 1) * d_head)
-    return mod.weight[sl, :] if arch.conv1d else mod.weight[:, sl].T
 
 
 def _positions(z: torch.Tensor, positions: str, last_index) -> tuple:
@@ -181,7 +129,7 @@ def head_hooks(heads: list[tuple[int, int]], mode: str, *, positions: str = "all
         else:
             fn = partial(ablate_head_hook, heads=hs, value=None if mode == "zero" else mean_z[layer],
                          positions=positions, last_index=last_index)
-        hooks.append((f"blocks.{layer}.attn.hook_z", fn))
+        hooks.append((act_name("z", layer), fn))
     return hooks
 
 

@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib.interventions.sweep import Readout, model_dims, block_output, readout_metrics
-from lib.interventions.heads import arch_of, get_path, head_out_weight
+from lib.activations.names import act_name
+from lib.interventions.head_outputs import head_outputs
+from lib.interventions.readout import Readout, readout_metrics
+from lib.models.archs import block_output, blocks_of, head_out_weight, model_dims
 
 __all__ = ["SCORES", "head_activity", "screening_scores", "attribution_patching"]
 
@@ -33,7 +35,7 @@ def head_activity(lm, input_ids: torch.Tensor, span: torch.Tensor, direction: to
     prompts of one length (``span`` bool [n, T] marks the emotion-bearing tokens)."""
     hf = lm.bridge.original_model
     n_layers, n_heads, d_head = model_dims(hf)
-    names = [f"blocks.{i}.attn.hook_{k}" for i in range(n_layers) for k in ("pattern", "z")]
+    names = [act_name(site, i) for i in range(n_layers) for site in ("pattern", "z")]
     _, cache = lm.bridge.run_with_cache(input_ids, names_filter=names)
     sp = span.to(device=input_ids.device, dtype=torch.float32)
     T = input_ids.shape[1]
@@ -41,8 +43,8 @@ def head_activity(lm, input_ids: torch.Tensor, span: torch.Tensor, direction: to
     out = {k: np.zeros((input_ids.shape[0], n_layers, n_heads)) for k in SCORES}
     d = None if direction is None else (direction / direction.norm()).float()
     for layer in range(n_layers):
-        pat = cache[f"blocks.{layer}.attn.hook_pattern"].float()  # [n, H, q, k]
-        z = cache[f"blocks.{layer}.attn.hook_z"].float()  # [n, T, H, dh]
+        pat = cache[act_name("pattern", layer)].float()  # [n, H, q, k]
+        z = cache[act_name("z", layer)].float()  # [n, T, H, dh]
         out["attn_last"][:, layer] = (pat[:, :, -1, :] * sp[:, None, :]).sum(-1).cpu().numpy()
         out["attn_all"][:, layer] = (pat * causal_span[:, None]).sum(-1).mean(-1).cpu().numpy()
         w = torch.stack([head_out_weight(hf, layer, h, d_head).detach().float() for h in range(n_heads)])  # [H, dh, D]
@@ -79,24 +81,22 @@ def attribution_patching(hf, target_ids: torch.Tensor, source_z: list[torch.Tens
         raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
     if cls not in readout.classes:
         raise ValueError(f"class {cls!r} is not one of the probe's {readout.classes}")
-    arch = arch_of(hf)
-    blocks = get_path(hf, arch.layers)
-    n_layers, n_heads, d_head = model_dims(hf)
+    blocks = blocks_of(hf)
+    n_layers, n_heads, _ = model_dims(hf)
     zs, box, handles = [None] * n_layers, {}, []
 
     def embed_hook(module, args, output):  # gradients flow from here on, whatever the parameters say
         return output.detach().requires_grad_(True)
 
+    def keep_z(z, layer):  # z [n, T, H, dh] feeds the output projection, so z.grad is dP/dz
+        z.retain_grad()
+        zs[layer] = z
+        return z
+
     handles.append(hf.get_input_embeddings().register_forward_hook(embed_hook))
-    for i, block in enumerate(blocks):
-        def zpre(module, args, i=i):
-            args[0].retain_grad()
-            zs[i] = args[0]
-        handles.append(get_path(block, arch.out_proj).register_forward_pre_hook(zpre))
-        if i == readout.layer:
-            handles.append(block.register_forward_hook(lambda m, a, o: box.__setitem__("resid", block_output(o))))
+    handles.append(blocks[readout.layer].register_forward_hook(lambda m, a, o: box.__setitem__("resid", block_output(o))))
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), head_outputs(hf, range(n_layers), keep_z):
             hf.base_model(input_ids=target_ids)
             probs = readout_metrics(box["resid"][:, -1], None, Readout(readout.layer, readout.weight, readout.bias,
                                                                         readout.classes))["probs"]
@@ -104,12 +104,11 @@ def attribution_patching(hf, target_ids: torch.Tensor, source_z: list[torch.Tens
     finally:
         for h in handles:
             h.remove()
-    n, T = target_ids.shape
     out = np.zeros((n_layers, n_heads))
     for layer in range(n_layers):
         z = zs[layer]
-        grad = (z.grad if z.grad is not None else torch.zeros_like(z)).view(n, T, n_heads, d_head)
-        delta = source_z[layer].float() - z.detach().view(n, T, n_heads, d_head)
+        grad = z.grad if z.grad is not None else torch.zeros_like(z)
+        delta = source_z[layer].float() - z.detach()
         if positions == "last":
             delta, grad = delta[:, -1:], grad[:, -1:]
         # grad is of the mean over prompts (it carries 1/n): the sum over prompts is the mean attribution

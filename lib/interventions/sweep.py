@@ -16,74 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
-from lib.geometry.probes import class_weights
-from lib.interventions.heads import arch_of, get_path, head_hooks, run_with_hooks_cached
+from lib.activations.names import act_name
+from lib.interventions.head_outputs import head_outputs
+from lib.interventions.heads import head_hooks, run_with_hooks_cached
+from lib.interventions.readout import Readout, class_index, final_logits, readout_metrics
+from lib.models.archs import arch_of, block_output, blocks_of, model_dims
 
-__all__ = ["Readout", "readout_from_probe", "continuation_ids", "CleanState", "clean_state", "mean_head_z",
-           "readout_metrics", "final_logits", "block_output", "model_dims", "sweep_fast", "sweep_naive"]
-
-
-@dataclass
-class Readout:
-    """What a sweep measures at the last position: a linear probe on ``blocks.{layer}.hook_resid_post``
-    (softmax over ``classes``) and, if ``continuations`` is given, the log-probability that the next
-    token is any of each emotion's continuation tokens (logsumexp of their log-softmax)."""
-
-    layer: int
-    weight: torch.Tensor  # [classes, d_model], the scaler folded in
-    bias: torch.Tensor  # [classes]
-    classes: list[str]
-    continuations: dict[str, torch.Tensor] = field(default_factory=dict)  # emotion -> token ids
-
-    @property
-    def needs_logits(self) -> bool:
-        return bool(self.continuations)
-
-
-def readout_from_probe(pipeline, layer: int, continuations: dict[str, torch.Tensor] | None = None) -> Readout:
-    """A ``Readout`` from a fitted ``lib.geometry.probes`` pipeline (StandardScaler + LogisticRegression, no PCA)."""
-    steps = dict(pipeline.steps)
-    if set(steps) != {"scale", "logreg"}:
-        raise ValueError(f"readout needs a scale+logreg probe, got steps {list(steps)}")
-    sc, lr = steps["scale"], steps["logreg"]
-    coef, icpt = class_weights(lr)
-    coef, icpt = np.asarray(coef, dtype=np.float64), np.asarray(icpt, dtype=np.float64)
-    w = coef / sc.scale_[None, :]
-    b = icpt - w @ sc.mean_
-    return Readout(layer=int(layer), weight=torch.tensor(w, dtype=torch.float32),
-                   bias=torch.tensor(b, dtype=torch.float32), classes=[str(c) for c in lr.classes_],
-                   continuations=dict(continuations or {}))
-
-
-def continuation_ids(tokenizer, words: dict[str, list[str]]) -> dict[str, torch.Tensor]:
-    """Per emotion, the unique first token ids of its continuation words (written with their leading space)."""
-    out = {}
-    for emotion, ws in words.items():
-        ids = sorted({tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ws})
-        out[emotion] = torch.tensor(ids, dtype=torch.long)
-    return out
-
-
-def readout_metrics(resid: torch.Tensor, logits: torch.Tensor | None, readout: Readout) -> dict[str, torch.Tensor]:
-    """``probs`` [rows, classes] of the probe on ``resid`` [rows, d]; ``logprob`` [rows, emotions] from ``logits``."""
-    out = {"probs": torch.softmax(resid.float() @ readout.weight.to(resid.device).T + readout.bias.to(resid.device), -1)}
-    if readout.needs_logits:
-        lp = torch.log_softmax(logits.float(), -1)
-        out["logprob"] = torch.stack([torch.logsumexp(lp[:, ids.to(lp.device)], -1)
-                                      for ids in readout.continuations.values()], -1)
-    return out
-
-
-def final_logits(hf, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits from final (post-norm) hidden states [rows, d_model], with the model's logit soft-capping."""
-    logits = hf.get_output_embeddings()(hidden)
-    cap = getattr(hf.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+__all__ = ["CleanState", "clean_state", "mean_head_z", "sweep_fast", "sweep_naive", "sweep_frame"]
 
 
 class _Stop(Exception):
@@ -101,43 +46,30 @@ class _Skip(torch.nn.Module):
         return (hidden_states, None) if self.returns_tuple else hidden_states
 
 
-def block_output(output):
-    """A block's hidden states, whether it returns them alone or first in a tuple (GPT-Neo)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
 @contextlib.contextmanager
 def _run_from(hf, start: int, hidden: torch.Tensor | None, z_edit=None, read_layer: int | None = None,
               stop_after_read: bool = False):
     """Blocks < ``start`` skipped, block ``start``'s input replaced by ``hidden``, ``z_edit(z)`` applied to
-    block ``start``'s head outputs, and block ``read_layer``'s output kept in ``box['resid']``."""
-    arch = arch_of(hf)
-    blocks = get_path(hf, arch.layers)
-    saved = [blocks[i] for i in range(start)]
-    box, handles = {}, []
-    try:
+    block ``start``'s head outputs z [batch, pos, head, d_head], and block ``read_layer``'s output kept in
+    ``box['resid']``."""
+    arch, blocks, box = arch_of(hf), blocks_of(hf), {}
+    with contextlib.ExitStack() as stack:
         for i in range(start):
+            stack.callback(blocks.__setitem__, i, blocks[i])
             blocks[i] = _Skip(arch.block_returns_tuple)
         if hidden is not None:
             def replace(module, args, kwargs):
                 return (hidden, *args[1:]), kwargs
-            handles.append(blocks[start].register_forward_pre_hook(replace, with_kwargs=True))
+            stack.callback(blocks[start].register_forward_pre_hook(replace, with_kwargs=True).remove)
         if z_edit is not None:
-            def edit(module, args):
-                return (z_edit(args[0]), *args[1:])
-            handles.append(get_path(blocks[start], arch.out_proj).register_forward_pre_hook(edit))
+            stack.enter_context(head_outputs(hf, [start], lambda z, layer: z_edit(z)))
         if read_layer is not None and read_layer >= start:
             def read(module, args, output):
                 box["resid"] = block_output(output)
                 if stop_after_read:
                     raise _Stop
-            handles.append(blocks[read_layer].register_forward_hook(read))
+            stack.callback(blocks[read_layer].register_forward_hook(read).remove)
         yield box
-    finally:
-        for h in handles:
-            h.remove()
-        for i, block in enumerate(saved):
-            blocks[i] = block
 
 
 @dataclass
@@ -164,37 +96,28 @@ class CleanState:
         return int(self.input_ids.shape[1])
 
 
-def model_dims(hf) -> tuple[int, int, int]:
-    """(layers, query heads, d_head) of a Hugging Face causal LM."""
-    cfg = hf.config
-    n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or cfg.num_heads
-    n_layers = len(get_path(hf, arch_of(hf).layers))
-    d_model = hf.get_input_embeddings().weight.shape[1]
-    d_head = getattr(cfg, "head_dim", None) or d_model // n_heads
-    return n_layers, n_heads, d_head
-
-
 @torch.inference_mode()
 def clean_state(hf, input_ids: torch.Tensor, readout: Readout) -> CleanState:
     """Run ``input_ids`` [n, T] (one length, no padding) once, keeping what the sweeps reuse."""
     if input_ids.ndim != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"clean_state needs input_ids [n, T >= 2] of one length, got {tuple(input_ids.shape)}")
-    arch = arch_of(hf)
-    blocks = get_path(hf, arch.layers)
-    n_layers, n_heads, d_head = model_dims(hf)
+    blocks = blocks_of(hf)
+    n_layers = len(blocks)
     resid, zs, handles, box = [None] * n_layers, [None] * n_layers, [], {}
+
+    def keep_z(z, layer):
+        zs[layer] = z.detach().clone()
+
     for i, block in enumerate(blocks):
         def pre(module, args, i=i):
             resid[i] = args[0].detach().clone()
-        def zpre(module, args, i=i):
-            zs[i] = args[0].detach().reshape(*args[0].shape[:2], n_heads, d_head).clone()
         def post(module, args, output, i=i):
             if i == readout.layer:
                 box["resid"] = block_output(output).detach()
-        handles += [block.register_forward_pre_hook(pre), get_path(block, arch.out_proj).register_forward_pre_hook(zpre),
-                    block.register_forward_hook(post)]
+        handles += [block.register_forward_pre_hook(pre), block.register_forward_hook(post)]
     try:
-        out = hf.base_model(input_ids=input_ids)
+        with head_outputs(hf, range(n_layers), keep_z):
+            out = hf.base_model(input_ids=input_ids)
     finally:
         for h in handles:
             h.remove()
@@ -242,9 +165,10 @@ def _new_values(mode: str, layer: int, state: CleanState, positions: str, *, mea
 
 
 def _z_editor(n_heads: int, n: int, d_head: int, values: torch.Tensor):
+    """Edits z [H*n, P, H, dh] (rows head-major): row block h gets head h replaced by ``values[h]``."""
     idx = torch.arange(n_heads)
 
-    def edit(z):  # z [H*n, P, H*dh], rows head-major
+    def edit(z):
         z = z.clone()
         zv = z.view(n_heads, n, z.shape[1], n_heads, d_head)
         zv[idx, :, :, idx] = values.to(z).expand(n_heads, n, z.shape[1], d_head)
@@ -293,7 +217,7 @@ def sweep_fast(hf, state: CleanState, readout: Readout, mode: str, positions: st
 
 
 def _probe_resid_from_cache(cache, readout) -> torch.Tensor:
-    return cache[f"blocks.{readout.layer}.hook_resid_post"][:, -1]
+    return cache[act_name("resid_post", readout.layer)][:, -1]
 
 
 def sweep_naive(lm, input_ids: torch.Tensor, readout: Readout, mode: str, positions: str, *, layers=None,
@@ -305,7 +229,7 @@ def sweep_naive(lm, input_ids: torch.Tensor, readout: Readout, mode: str, positi
     layers = list(range(n_layers)) if layers is None else list(layers)
     n, T = input_ids.shape
     last = torch.full((n,), T - 1)
-    names = [f"blocks.{readout.layer}.hook_resid_post"]
+    names = [act_name("resid_post", readout.layer)]
     out: dict[str, list] = {}
     for layer in layers:
         per_head: dict[str, list] = {}
@@ -321,3 +245,23 @@ def sweep_naive(lm, input_ids: torch.Tensor, readout: Readout, mode: str, positi
         for k, v in per_head.items():
             out.setdefault(k, []).append(np.stack(v))
     return {k: np.stack(v) for k, v in out.items()}
+
+
+def sweep_frame(res: dict[str, np.ndarray], clean: dict[str, torch.Tensor], readout: Readout, cls: str,
+                **labels) -> pd.DataFrame:
+    """Long table of a sweep: per head, the mean change (intervened - clean) over prompts of the probe's
+    ``cls`` probability and of the continuation log-probability, with its standard error."""
+    frames = []
+    ci = class_index(readout, cls)
+    metrics = {"probe_prob": (res["probs"][..., ci], clean["probs"][:, ci].numpy())}
+    if "logprob" in res:
+        ei = list(readout.continuations).index(cls)
+        metrics["logprob"] = (res["logprob"][..., ei], clean["logprob"][:, ei].numpy())
+    for metric, (got, base) in metrics.items():
+        delta = got - base[None, None, :]  # [L, H, n]
+        L, H, n = delta.shape
+        frames.append(pd.DataFrame({
+            "layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L), "metric": metric,
+            "effect": delta.mean(-1).ravel(), "se": (delta.std(-1, ddof=1) / np.sqrt(n)).ravel() if n > 1 else np.nan,
+        }))
+    return pd.concat(frames, ignore_index=True).assign(**labels)
