@@ -1,8 +1,8 @@
 """Files written whole or not at all, and the error for a folder whose writing never finished.
 
 >>> import tempfile, pathlib; d = pathlib.Path(tempfile.mkdtemp()); write_json(d / "a.json", {"x": 1})
->>> (d / "a.json").read_text()
-'{\n  "x": 1\n}'
+>>> json.loads((d / "a.json").read_text())
+{'x': 1}
 """
 from __future__ import annotations
 
