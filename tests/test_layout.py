@@ -80,6 +80,9 @@ def test_importing_lib_changes_nothing_in_the_environment():
         "before = len(warnings.filters)\n"
         "names = [m.name for m in pkgutil.walk_packages(lib.__path__, 'lib.') if not m.name.endswith('__main__')]\n"
         "for name in names: importlib.import_module(name)\n"
+        "ours = [f for f in warnings.filters[:len(warnings.filters) - before] if f[1] is not None\n"
+        "        and any(w in f[1].pattern for w in ('IProgress', 'Zarr'))]\n"
+        f"assert not ours, ours\n"
         f"print(len(names), [k for k in {keys!r} if k in os.environ])\n")
     env = {k: v for k, v in os.environ.items() if k not in keys}
     out = subprocess.run([sys.executable, "-c", script], env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,

@@ -306,11 +306,12 @@ def direction_agreement(run: HeadsRun, vectors_run: str, *, results: Path = RESU
     folder = Path(results) / "03_emotion_vectors" / vectors_run
     agree = {}
     for m in run.readouts:
-        info = json.loads((folder / f"directions--{m}.json").read_text())
-        arr = np.load(folder / f"directions--{m}.npy")
+        stem = f"directions--{m.replace(':', '-')}"  # as save_directions names them
+        info = json.loads((folder / f"{stem}.json").read_text())
+        arr = np.load(folder / f"{stem}.npy")
         layer = run.readouts[m].layer
         if layer not in info["layers"]:
-            raise ValueError(f"{folder / f'directions--{m}.json'} has layers {info['layers']}, not the probe layer {layer}")
+            raise ValueError(f"{folder / f'{stem}.json'} has layers {info['layers']}, not the probe layer {layer}")
         for (mm, e), d in run.directions.items():
             if mm == m:
                 k = [list(x) for x in info["keys"]].index([e, "mean_vs_neutral"])

@@ -42,7 +42,7 @@ def check_values(stem: str, params: dict) -> None:
 
     try:
         _check_models(params)
-        for key in sorted(k for k in params if k == "profiles" or k.endswith("_profiles")):
+        for key in [k for k in params if k == "profiles" or k.endswith("_profiles")]:
             for spec in params[key] or []:
                 check_profile_spec(spec)
         if params.get("emotions") is not None:

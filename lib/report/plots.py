@@ -1,6 +1,8 @@
 """Plot setup shared by the notebooks: one renderer that embeds figures in HTML, one look."""
 from __future__ import annotations
 
+from lib.emotions import EMOTIONS
+
 __all__ = ["setup_plotly", "EMOTION_COLORS", "emotion_order"]
 
 EMOTION_COLORS = {"gratitude": "#2a9d8f", "anger": "#e63946", "apology": "#6a4c93", "neutral": "#8d99ae"}
@@ -20,4 +22,4 @@ def setup_plotly() -> None:
 
 def emotion_order(present) -> list[str]:
     """Emotions in the project's canonical order, restricted to those ``present``."""
-    return [e for e in EMOTION_COLORS if e in set(present)]
+    return [e for e in EMOTIONS if e in set(present)]

@@ -14,11 +14,10 @@ import numpy as np
 import pandas as pd
 
 from lib.emotions import EMOTIONS
-from lib.paths import EMOTION_DATA, GOEMOTIONS_DATA
-from lib.paths import relative
+from lib.paths import EMOTION_DATA, GOEMOTIONS_DATA, relative
 
 __all__ = [
-    "EMOTIONS", "PROFILES", "AUTHORED_PROFILES", "REGISTERS", "DOMAINS", "GOEMOTIONS_LABELS", "DatasetError",
+    "PROFILES", "AUTHORED_PROFILES", "REGISTERS", "DOMAINS", "GOEMOTIONS_LABELS", "DatasetError",
     "load_authored", "load_goemotions", "load_profile", "load_profiles", "span_text",
 ]
 

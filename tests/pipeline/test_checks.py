@@ -10,8 +10,6 @@ from lib.pipeline.params import ParamsError
 
 
 def test_shared_values_are_checked_before_running():
-    from lib.pipeline.params import ParamsError
-
     with pytest.raises(ParamsError, match=r"params for 00_models: unknown model 'smolm2'"):
         check_values("00_models", {"models": ["smolm2"]})
     with pytest.raises(ParamsError, match=r"unknown profile 'goemotion'"):
@@ -35,8 +33,6 @@ def test_shared_values_are_checked_before_running():
 
 
 def test_random_control_of_an_uncached_hub_model_is_refused_offline(monkeypatch, tmp_path):
-    from lib.pipeline.params import ParamsError
-
     import huggingface_hub.constants as hc
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
