@@ -5,8 +5,8 @@ runs (timings, throughput, commit hashes, absolute paths, input hashes that cove
 total; exit code 0 when every value is identical. Activation stores (zarr) are skipped: they carry their
 own settings hash.
 
->>> ignored_key("wall_s"), ignored_key("tokens_per_s"), ignored_key("accuracy")
-(True, True, False)
+>>> ignored_key("wall_s"), ignored_key("load_s"), ignored_key("tokens_per_s"), ignored_key("accuracy")
+(True, True, True, False)
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ _IGNORED_PARTS = ("wall", "time", "seconds", "per_s", "elapsed")
 
 
 def ignored_key(key) -> bool:
-    """Whether a JSON key or CSV column records timing, provenance or location rather than a result."""
+    """Whether a JSON key or CSV column records timing (``*_s`` are seconds), provenance or location rather than a result."""
     k = str(key)
-    return k in IGNORED_KEYS or any(part in k for part in _IGNORED_PARTS)
+    return k in IGNORED_KEYS or k.endswith("_s") or any(part in k for part in _IGNORED_PARTS)
 
 
 def _is_path(value) -> bool:
