@@ -4,14 +4,16 @@
 (b) the seed's way: run_with_cache of resid_pre and resid_post of every layer, with logits,
     held in memory as float32, then written to a scratch pickle file (written, never read back).
 (c) lib.activations.extract.extract with the default sites (resid_pre, resid_post, mlp_out, attn_out; every token plus
-    the reductions) written to a float16 zarr store.
+    the reductions) written to a float16 zarr store, every chunk with its CRC32C checksum.
+(c0) the same without checksums, and the checksums' own cost: zarr's crc32c codec timed over every chunk
+    of (c)'s store, as a share of the bare forward (target < 3 %).
 Then the peak RSS of (c) in fresh processes at 1x and 4x the rows (CPU only: skipped with --device cuda).
 
 --device picks where the model runs for (a), (b) and (c) (default cpu); on CUDA each timing ends with
 torch.cuda.synchronize() so queued kernels are counted.
 
 Usage: .venv/bin/python benchmarks/extraction.py [--model smollm2-135m] [--rows 900] [--batch-size 32]
-       [--device cpu|cuda|cuda:N]
+       [--device cpu|cuda|cuda:N] [--no-rss | --rss-only]
 """
 from __future__ import annotations
 
@@ -98,11 +100,26 @@ def seed_way(lm, encs, scratch: Path) -> tuple[float, int]:
     return time.perf_counter() - t0, scratch.stat().st_size
 
 
-def ours(lm, df, out: Path, batch_size: int) -> tuple[float, dict]:
+def ours(lm, df, out: Path, batch_size: int, checksum: bool = True) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    manifest = extract(lm, df, out, ExtractConfig(batch_size=batch_size), progress=False, log=lambda *_: None)
+    manifest = extract(lm, df, out, ExtractConfig(batch_size=batch_size, checksum=checksum), progress=False,
+                       log=lambda *_: None)
     sync(lm.device)
     return time.perf_counter() - t0, manifest
+
+
+def checksum_seconds(store: Path) -> float:
+    """Time zarr's crc32c codec takes to checksum every chunk of ``store`` (their compressed bytes)."""
+    from lib.activations.integrity import add_checksum, chunk_files, crc32c_codec
+
+    codec = crc32c_codec()
+    blobs = [(store / array / name).read_bytes()[:-4]
+             for array in json.loads((store / "manifest.json").read_text())["integrity"]["chunks"]
+             for name in chunk_files(store, array)]
+    t0 = time.perf_counter()
+    for blob in blobs:
+        add_checksum(codec, blob)
+    return time.perf_counter() - t0
 
 
 def resid_bytes(out: Path) -> int:
@@ -146,10 +163,16 @@ def _throughput(lm, df, encs, n_tokens, tmp, a) -> None:
     (tmp / "seed.pkl").unlink()
     tc, manifest = ours(lm, df, tmp / "store", a.batch_size)
     c_bytes = resid_bytes(tmp / "store")
+    tcrc = checksum_seconds(tmp / "store")
+    tc0, _ = ours(lm, df, tmp / "store0", a.batch_size, checksum=False)
+    shutil.rmtree(tmp / "store0")
     print(f"(a) bare forward        {n_tokens / ta:8.0f} tokens/s  ({ta:.1f} s)")
     print(f"(b) seed's way          {n_tokens / tb:8.0f} tokens/s  ({tb:.1f} s, {b_bytes / 1e9:.2f} GB pickle)")
     print(f"(c) ours, default sites {n_tokens / tc:8.0f} tokens/s  ({tc:.1f} s, {manifest['bytes'] / 1e9:.2f} GB store, "
           f"float16 worst relative error {manifest['float16_worst_relative_error']:.1e})")
+    print(f"(c0) ours, no checksums {n_tokens / tc0:8.0f} tokens/s  ({tc0:.1f} s)")
+    print(f"checksums: time c / time c0 = {tc / tc0:.3f}; crc32c over every chunk {tcrc:.3f} s = {100 * tcrc / ta:.2f} % of the "
+          f"bare forward   (target < 3 %)")
     print(f"c/a = {ta / tc:.3f}   (target >= 0.9)")
     print(f"c/b = {tb / tc:.3f}   (target >= 1.5)")
     print(f"bytes of c's resid_pre + resid_post / bytes of b = {c_bytes / b_bytes:.3f}   (target <= 0.3)")
@@ -163,6 +186,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--child", nargs=2, metavar=("ROWS", "OUT"))
     p.add_argument("--rss-only", action="store_true", help="only the peak-RSS part")
+    p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS part")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where (a), (b), (c) run (RSS part: cpu only)")
     a = p.parse_args()
     if a.child:
@@ -179,6 +203,8 @@ def main() -> None:
     try:
         if not a.rss_only:
             _throughput(lm, df, encs, n_tokens, tmp, a)
+        if a.no_rss:
+            return
         if on_cuda:
             print(f"peak RSS part skipped: it measures CPU extraction, and this run is on {device_name(lm.device)}")
             return

@@ -9,7 +9,7 @@ import sys
 from lib.paths import LIB, ROOT
 
 # Each package (or top-level module) may import only from those before it.
-ORDER = ["paths", "files", "settings", "emotions", "models", "text", "activations", "stats", "geometry",
+ORDER = ["errors", "paths", "files", "settings", "emotions", "models", "text", "activations", "stats", "geometry",
          "interventions", "phases", "report", "pipeline"]
 ALIASES = {"extract", "weights"}  # deprecated command-line names, kept for one release: they call down
 MAX_LINES = 400

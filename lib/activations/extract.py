@@ -25,18 +25,20 @@ from lib.activations.capture import Capture, StopForward, stop_forward_hook
 from lib.activations.names import act_name
 from lib.activations.plan import (ExtractConfig, dataset_sha256, hook_names_for, keeps_tokens, layer_of,
                                   plan_aliases, sites_by_layer)
-from lib.activations.store import FORMAT_VERSION, quiet_zarr, store_complete
+from lib.activations.integrity import StoreError, integrity_record
+from lib.activations.store import FORMAT_VERSION, quiet_zarr
 from lib.activations.writer import Writer, create_arrays
 from lib.models.encoding import span_token_mask
 from lib.files import write_json
 from lib.paths import relative
 from lib.settings import progress_bar
 
-__all__ = ["extract", "StoreMismatchError"]
+__all__ = ["extract", "plan_store", "settings_sha256", "StoreMismatchError"]
 
 
-class StoreMismatchError(RuntimeError):
-    """A store at the target path (finished or not) was made with different settings."""
+class StoreMismatchError(StoreError, RuntimeError):
+    """A store at the target path (finished or not) was made with other settings, or the target holds
+    files that are not a store."""
 
 
 @dataclass(frozen=True)
@@ -76,49 +78,67 @@ def _settings(identity: dict, df: pd.DataFrame, config: ExtractConfig, names: li
     }
 
 
-def _reuse_finished(out: Path, settings_sha: str, *, replace_mismatched: bool, log) -> dict | None:
-    """The manifest of a finished store at ``out`` with these settings; None if there is none (a
-    finished store with other settings is an error, or deleted if ``replace_mismatched``)."""
-    if not store_complete(out):
+def settings_sha256(settings: dict) -> str:
+    """The hash that names a store's settings (its folder name in a run's stores, its resume key)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _folder_state(out: Path) -> str:
+    """What ``out`` is: missing, empty, finished (a store), unfinished (a store), or foreign (anything else)."""
+    if not out.exists():
+        return "missing"
+    if not out.is_dir():
+        raise StoreMismatchError(f"{relative(out)} is a file, not a folder; give a new or empty folder for the store")
+    if (out / "manifest.json").exists():
+        return "finished"
+    if (out / "progress.json").exists():
+        return "unfinished"
+    return "foreign" if any(out.iterdir()) else "empty"
+
+
+def _recorded_sha(out: Path, name: str) -> str | None:
+    """The settings hash recorded in ``out/name`` (None if the file is damaged: a store of unknown settings)."""
+    try:
+        return json.loads((out / name).read_text()).get("settings_sha256")
+    except (ValueError, UnicodeDecodeError, AttributeError):
         return None
-    done = json.loads((out / "manifest.json").read_text())
-    if done.get("settings_sha256") == settings_sha:
+
+
+def _claim(out: Path, settings_sha: str, n_batches: int, *, overwrite: bool, log) -> dict | int:
+    """What to do at ``out``: the manifest of a finished store with these settings (reuse it), or the batch
+    to start at (0 for a new store). Never deletes anything but a store, and that only with ``overwrite``."""
+    state = _folder_state(out)
+    if state == "foreign":
+        sample = sorted(p.name for p in out.iterdir())[:3]
+        raise StoreMismatchError(f"{relative(out)} is not empty and is not an activation store (it holds {sample}); "
+                                 f"nothing was changed: give a new or empty folder")
+    if state in ("missing", "empty"):
+        return 0
+    sha = _recorded_sha(out, "manifest.json" if state == "finished" else "progress.json")
+    if sha == settings_sha and state == "finished":
         log(f"[extract] {relative(out)}: complete, reused")
-        return done
-    if not replace_mismatched:
-        raise StoreMismatchError(f"{relative(out)} is a finished store made with other settings; "
-                                 f"delete it or choose another output folder")
-    log(f"[extract] {relative(out)}: made with other settings; replacing it")
+        return json.loads((out / "manifest.json").read_text())
+    if sha == settings_sha:
+        start = int(json.loads((out / "progress.json").read_text()).get("batches_done", 0))
+        log(f"[extract] {relative(out)}: resuming at batch {start} of {n_batches}")
+        return start
+    if not overwrite:
+        raise StoreMismatchError(f"{relative(out)} is {'a finished' if state == 'finished' else 'an unfinished'} store "
+                                 f"made with other settings (model, data, hooks or dtype differ); nothing was changed: "
+                                 f"give another folder, or pass --overwrite to replace it")
+    log(f"[extract] {relative(out)}: a store made with other settings; replacing it (--overwrite)")
     shutil.rmtree(out)
-    return None
+    return 0
 
 
-def _resume_point(out: Path, settings_sha: str, n_batches: int, *, replace_mismatched: bool, log) -> int | None:
-    """The first unwritten batch of an unfinished store at ``out`` with these settings; None if there
-    is none (one with other settings is an error, or deleted if ``replace_mismatched``)."""
-    progress_path = out / "progress.json"
-    if not progress_path.exists():
-        return None
-    state = json.loads(progress_path.read_text())
-    if state.get("settings_sha256") != settings_sha:
-        if not replace_mismatched:
-            raise StoreMismatchError(
-                f"{relative(out)} is an unfinished store started with other settings (model, data, hooks "
-                f"or dtype differ); delete it to start over, or rerun with the settings it was started with")
-        log(f"[extract] {relative(out)}: unfinished store with other settings; starting over")
-        shutil.rmtree(out)
-        return None
-    start = int(state["batches_done"])
-    log(f"[extract] {relative(out)}: resuming at batch {start} of {n_batches}")
-    return start
-
-
-def _start_store(out: Path, df: pd.DataFrame, rows: _Rows) -> None:
-    """An empty folder at ``out`` holding only ``labels.jsonl`` (the rows in store order)."""
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+def _start_store(out: Path, df: pd.DataFrame, rows: _Rows, settings_sha: str) -> None:
+    """``out`` as a new store: ``progress.json`` first (the folder is ours from then on), then ``labels.jsonl``
+    (the rows in store order)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "progress.json", {"settings_sha256": settings_sha, "batches_done": 0})
     labels = df.iloc[rows.order].assign(row=np.arange(len(df)), n_tokens=rows.lengths[rows.order])
-    labels.to_json(out / "labels.jsonl", orient="records", lines=True)
+    labels.to_json(out / "labels.jsonl.tmp", orient="records", lines=True)
+    (out / "labels.jsonl.tmp").replace(out / "labels.jsonl")
 
 
 def _open_group(out: Path):
@@ -160,24 +180,30 @@ def _batch_writes(lo: int, lengths: np.ndarray, got: dict[str, dict], reductions
     return writes
 
 
-def _run_batches(lm, rows: _Rows, start: int, hooks, cap: Capture, config: ExtractConfig, writer: Writer) -> float:
-    """Forward batches ``start..`` and queue their chunks; the worst float16 relative error measured."""
+def _run_batches(lm, rows: _Rows, start: int, hooks, cap: Capture, config: ExtractConfig, writer: Writer,
+                 f16_error: dict) -> dict:
+    """Forward batches ``start..`` and queue their chunks. ``f16_error`` (worst float16 relative error
+    and batches measured, carried over from the batches before ``start``) is updated and returned."""
     f16 = config.dtype == "float16"
-    worst_rel = 0.0
+    measuring = f16 and any(cap.keep.values())  # the error is measured on every stored token
     with torch.inference_mode():
         for b in range(start, len(rows.batches)):
             idx = rows.batches[b]
-            # float16 error measured on every 8th batch
-            _run_batch(lm, rows.encoded, idx, hooks, cap, measure=f16 and b % 8 == 0)
+            measure = f16 and b % 8 == 0  # float16 error measured on every 8th batch
+            _run_batch(lm, rows.encoded, idx, hooks, cap, measure=measure)
             writes = _batch_writes(b * config.batch_size, rows.lengths[idx], cap.finish(), config.reductions)
-            worst_rel = max(worst_rel, cap.worst_relative_error())
-            writer.put(b + 1, writes)
-    return worst_rel
+            if measure and measuring:
+                worst = f16_error["float16_worst_relative_error"]
+                f16_error = {"float16_worst_relative_error": max(worst or 0.0, cap.worst_relative_error()),
+                             "float16_batches_measured": f16_error["float16_batches_measured"] + 1}
+            writer.put(b + 1, writes, f16_error)
+    return f16_error
 
 
 def _manifest(settings: dict, settings_sha: str, identity: dict, out: Path, rows: _Rows, start: int,
-              wall: float, float16_error: float | None) -> dict:
-    """What ``manifest.json`` records: the settings, identity, size and this run's throughput."""
+              wall: float, f16_error: dict, checksum: bool) -> dict:
+    """What ``manifest.json`` records: the settings, identity, size, this run's throughput, and the
+    digests its readers check (``lib.activations.integrity``)."""
     done = rows.batches[start:]
     done_rows = sum(len(idx) for idx in done)
     done_tokens = int(sum(rows.lengths[idx].sum() for idx in done))
@@ -187,18 +213,48 @@ def _manifest(settings: dict, settings_sha: str, identity: dict, out: Path, rows
         "wall_s": round(wall, 3), "rows_this_run": done_rows,
         "samples_per_s": round(done_rows / wall, 2) if wall > 0 else None,
         "tokens_per_s": round(done_tokens / wall, 2) if wall > 0 else None,
-        "float16_worst_relative_error": float16_error,
+        **f16_error,  # None when no batch was measured (float32, or no per-token site)
         "resumed_at_batch": start,
+        "integrity": integrity_record(out, checksum=checksum),
     }
 
 
+def plan_store(lm, df: pd.DataFrame, config: ExtractConfig = ExtractConfig()) -> tuple[dict, str]:
+    """The settings of the store ``extract`` would write for ``lm``, ``df`` and ``config``, and their hash
+    (which names the store's folder in a run: ``lib.activations.runs.store_folder``)."""
+    if df.empty:
+        raise ValueError("no rows to extract (check the profile, emotion filter and max_per_emotion)")
+    names = hook_names_for(lm, config)
+    rows = _encode_rows(lm, df, config.batch_size)
+    settings = _settings(lm.identity(), df, config, names, rows.width)
+    return settings, settings_sha256(settings)
+
+
+def _prepare(lm, df, out: Path, rows: _Rows, settings: dict, settings_sha: str, config: ExtractConfig,
+             start: int, cap: Capture, hooks) -> tuple[object, dict]:
+    """The store's zarr group, ready for batch ``start``, and the float16 error carried over."""
+    if start == 0:  # nothing written yet: (re)start from an empty folder (a store of ours, or new)
+        if out.exists() and any(out.iterdir()):
+            shutil.rmtree(out)
+        _start_store(out, df, rows, settings_sha)
+    group = _open_group(out)
+    if start == 0:
+        _run_batch(lm, rows.encoded, rows.batches[0][:1], hooks, cap, measure=False)  # shapes from one row
+        _create_store_arrays(group, sites_by_layer(settings["stored_hooks"]), dict(cap.shapes), settings, settings_sha,
+                             config)
+    state = json.loads((out / "progress.json").read_text())
+    return group, {"float16_worst_relative_error": state.get("float16_worst_relative_error"),
+                   "float16_batches_measured": int(state.get("float16_batches_measured", 0))}
+
+
 def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConfig(), *,
-            progress: bool = True, replace_mismatched: bool = False, log=print) -> dict:
+            progress: bool = True, overwrite: bool = False, log=print) -> dict:
     """Extract ``config``'s hooks of ``lm`` on the rows of ``df`` into the store at ``out``.
 
-    Resumes an unfinished store with the same settings and reuses a finished one; a store made
-    with other settings is an error, or is replaced (with a log line) if ``replace_mismatched``.
-    Returns the manifest (also written as ``out/manifest.json``, last).
+    ``out`` must be missing, empty, or a store: one with the same settings is resumed (unfinished)
+    or reused (finished); one with other settings is an error, or is replaced (with a log line) if
+    ``overwrite``. A folder holding anything else is never touched. Returns the manifest (also
+    written as ``out/manifest.json``, last).
     """
     out = Path(out)
     if df.empty:
@@ -207,34 +263,26 @@ def extract(lm, df: pd.DataFrame, out: Path, config: ExtractConfig = ExtractConf
     rows = _encode_rows(lm, df, config.batch_size)
     identity = lm.identity()
     settings = _settings(identity, df, config, names, rows.width)
-    settings_sha = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    finished = _reuse_finished(out, settings_sha, replace_mismatched=replace_mismatched, log=log)
-    if finished is not None:
-        return finished
-    start = _resume_point(out, settings_sha, len(rows.batches), replace_mismatched=replace_mismatched, log=log)
-    if start is None:
-        _start_store(out, df, rows)
-        start = 0
-    group = _open_group(out)
+    settings_sha = settings_sha256(settings)
+    claimed = _claim(out, settings_sha, len(rows.batches), overwrite=overwrite, log=log)
+    if isinstance(claimed, dict):
+        return claimed
+    start = claimed
     sites = sites_by_layer(settings["stored_hooks"])
     cap = Capture(sites, config)
     hooks = _capture_hooks(cap, sites, last_layer=max(layer_of(n) for n in names))
-    if start == 0 and "lengths" not in group:
-        _run_batch(lm, rows.encoded, rows.batches[0][:1], hooks, cap, measure=False)  # shapes from one row
-        _create_store_arrays(group, sites, dict(cap.shapes), settings, settings_sha, config)
-        write_json(out / "progress.json", {"settings_sha256": settings_sha, "batches_done": 0})
+    group, f16_error = _prepare(lm, df, out, rows, settings, settings_sha, config, start, cap, hooks)
     t0 = time.perf_counter()
     bar = progress_bar(total=len(rows.batches), initial=start, desc=f"{lm.name} {out.name}", unit="batch",
                        disable=not progress or os.environ.get("EMOTION_NO_PROGRESS") == "1", file=sys.stderr)
     writer = Writer(group, out / "progress.json", settings_sha, on_done=lambda: bar.update(1))
     try:
-        worst_rel = _run_batches(lm, rows, start, hooks, cap, config, writer)
+        f16_error = _run_batches(lm, rows, start, hooks, cap, config, writer, f16_error)
     finally:
         writer.close()
-    bar.close()
-    measured = config.dtype == "float16" and any(keeps_tokens(s, config) for s in sites)
+        bar.close()
     manifest = _manifest(settings, settings_sha, identity, out, rows, start, time.perf_counter() - t0,
-                         worst_rel if measured else None)
+                         f16_error, config.checksum)
     write_json(out / "manifest.json", manifest)
     return manifest
 

@@ -51,6 +51,7 @@ class ExtractConfig:
     # sites whose every token is stored (reductions are stored for all); ("*",) = every site
     token_sites: tuple[str, ...] = ("hook_resid_pre", "hook_resid_post")
     reductions: tuple[str, ...] = REDUCTIONS
+    checksum: bool = True  # a CRC32C per chunk (off only to measure what it costs)
 
     def __post_init__(self):
         if self.dtype not in ("float16", "float32"):
@@ -60,6 +61,12 @@ class ExtractConfig:
         bad = [r for r in self.reductions if r not in REDUCTIONS]
         if bad:
             raise ValueError(f"unknown reduction(s) {bad}; valid: {list(REDUCTIONS)}")
+        if self.hooks and self.layers is not None:
+            raise ValueError("give either hooks (full names, each with its layer) or layers (with sites), not both: "
+                             "layers would be ignored")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            twice = sorted({layer for layer in self.layers if list(self.layers).count(layer) > 1})
+            raise ValueError(f"layer(s) {twice} given more than once; give each layer once")
 
 
 def hook_names_for(lm, config: ExtractConfig) -> list[str]:
@@ -69,7 +76,13 @@ def hook_names_for(lm, config: ExtractConfig) -> list[str]:
         check_layers(list(config.layers), n_layers, lm.name)
     names = list(config.hooks) or default_hook_names(n_layers, config.layers, sites=config.sites,
                                                      per_head=config.per_head)
-    return check_hook_names(names, lm.bridge.hook_dict, lm.name)
+    names = check_hook_names(names, lm.bridge.hook_dict, lm.name)
+    block = sorted({v.split(".", 2)[2] for v in lm.bridge.hook_dict if v.startswith("blocks.0.")})
+    stray = [s for s in config.token_sites if s != "*" and s not in block]
+    if stray:
+        raise ValueError(f"token site(s) {stray} are not sites of {lm.name}'s blocks; valid: {block}, '*' for all, "
+                         f"or none")
+    return names
 
 
 def dataset_sha256(df: pd.DataFrame) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lib.activations.store import ActivationStore, open_store
+from lib.activations.store import ActivationStore, StoreError, open_store
 from lib.paths import RESULTS, ROOT
 from lib.paths import relative
 
@@ -27,13 +27,15 @@ def resolve_stores_dir(stores_dir: str, output_dir: Path) -> Path:
     return path if path.is_absolute() else ROOT / path
 
 
-def store_folder(stores_dir: Path, model: str, profile: str) -> Path:
-    """Where the store of ``model`` on ``profile`` lives (``:`` is not used in folder names).
+def store_folder(stores_dir: Path, model: str, profile: str, settings_sha: str) -> Path:
+    """Where the store of ``model`` on ``profile`` with settings hash ``settings_sha`` lives: runs whose
+    settings differ (rows, hooks, dtype, weights, ...) get their own store, runs whose settings are equal
+    share one (``:`` is not used in folder names).
 
-    >>> store_folder(Path("s"), "random:smollm2-135m", "goemotions:dev").as_posix()
-    's/random-smollm2-135m/goemotions-dev'
+    >>> store_folder(Path("s"), "random:smollm2-135m", "goemotions:dev", "0123456789abcdef").as_posix()
+    's/random-smollm2-135m/goemotions-dev--0123456789ab'
     """
-    return Path(stores_dir) / model.replace(":", "-") / profile.replace(":", "-")
+    return Path(stores_dir) / model.replace(":", "-") / f"{profile.replace(':', '-')}--{settings_sha[:12]}"
 
 
 def extract_all(models: list[str], profiles: list[str], config, stores_dir: Path, *, device: str = "auto",
@@ -45,7 +47,7 @@ def extract_all(models: list[str], profiles: list[str], config, stores_dir: Path
     its neutral class is 7 to 12 times larger than the others.
     """
     from lib.text.datasets import load_profile
-    from lib.activations.extract import extract
+    from lib.activations.extract import extract, plan_store
     from lib.models.loading import load_model
 
     frames = {}
@@ -58,23 +60,33 @@ def extract_all(models: list[str], profiles: list[str], config, stores_dir: Path
     for name in models:
         lm = load_model(name, device=device)
         for spec, df in frames.items():
-            out = store_folder(stores_dir, name, spec)
-            extract(lm, df, out, config, replace_mismatched=True, log=log)
+            _, settings_sha = plan_store(lm, df, config)
+            out = store_folder(stores_dir, name, spec, settings_sha)
+            extract(lm, df, out, config, log=log)
             paths.setdefault(name, {})[spec] = out
         del lm
     return paths
 
 
 def open_run_store(model: str, profile: str, run: str = "default") -> ActivationStore:
-    """The store phase 02 made for ``model`` and ``profile`` in ``run`` (e.g. for phase 03)."""
+    """The store phase 02 made for ``model`` and ``profile`` in ``run`` (e.g. for phase 03), with every
+    chunk's checksum verified first (it was written by another process)."""
     index = RESULTS / "02_activations" / run / "stores.json"
     if not index.exists():
-        raise FileNotFoundError(f"{relative(index)} not found: run `make reproduce` (phase 02, run {run!r}) first")
-    stores = json.loads(index.read_text())
+        raise StoreError(f"{relative(index)} not found: run `make reproduce` (phase 02, run {run!r}) first")
+    try:
+        stores = json.loads(index.read_text())
+    except ValueError as err:
+        raise StoreError(f"{relative(index)} is damaged ({err}); rerun phase 02 of run {run!r}") from err
     if model not in stores or profile not in stores[model]:
         have = {m: sorted(p) for m, p in stores.items()}
-        raise KeyError(f"no store for model {model!r}, profile {profile!r} in run {run!r}; it has {have}")
-    return open_store(ROOT / stores[model][profile])
+        raise StoreError(f"no store for model {model!r}, profile {profile!r} in run {run!r}; it has {have}")
+    store = open_store(ROOT / stores[model][profile], verify=True)
+    suffix = store.path.name.rpartition("--")[2]
+    if not store.manifest["settings_sha256"].startswith(suffix):
+        raise StoreError(f"{relative(store.path)} holds a store made with settings {store.manifest['settings_sha256'][:12]}, "
+                         f"not the ones its folder is named for ({suffix}); rerun phase 02 of run {run!r}")
+    return store
 
 
 def obtain_stores(models: list[str], profiles: list[str], activations_run: str, scratch: Path, *,

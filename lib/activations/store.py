@@ -14,8 +14,11 @@ A site is the hook name inside a block (``hook_resid_post``, ``attn.hook_z``); i
 are in the attribute ``sites``. Chunks are one batch of rows by one layer, so reading one layer,
 one emotion or a row range touches only those chunks. Readers use full hook names.
     labels.jsonl              one row per stored row, in store order
-    progress.json             batches written so far (resume point)
-    manifest.json             written last: a store without it is unfinished
+    progress.json             batches written so far (resume point); written first
+    manifest.json             written last: a store without it is unfinished; it records the
+                              digests that ``lib.activations.integrity`` checks on every open
+
+Every chunk carries a CRC32C checksum (zarr's codec), checked by zarr on every read.
 
 float16 values are stored as ``x * 2**-k`` with one exponent ``k >= 0`` per row, hook and layer, so
 activations beyond float16's range (Gemma's residual reaches 1e5) keep float16's relative
@@ -38,18 +41,15 @@ import pandas as pd
 import torch
 
 from lib.activations.codec import decode_f16
+from lib.activations.integrity import StoreError, check_files, verify as verify_chunks
 from lib.files import IncompleteResultsError
 from lib.paths import relative
 
 __all__ = ["REDUCTIONS", "FORMAT_VERSION", "ActivationStore", "open_store", "store_complete", "StoreError",
-           "quiet_zarr"]
+           "quiet_zarr", "read_manifest"]
 
 REDUCTIONS = ("sentence_end", "mean", "span")
-FORMAT_VERSION = 1
-
-
-class StoreError(ValueError):
-    """A read that asks for something the store does not hold; the message lists what it holds."""
+FORMAT_VERSION = 2  # 2: chunk checksums and the integrity record in the manifest
 
 
 def store_complete(path: Path) -> bool:
@@ -65,8 +65,28 @@ def quiet_zarr():
         yield
 
 
+def read_manifest(path: Path) -> dict:
+    """The manifest of the finished store at ``path``; a StoreError if it is damaged or of another format."""
+    file = Path(path) / "manifest.json"
+    try:
+        manifest = json.loads(file.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StoreError(f"{relative(file)} is damaged ({err}); extract the store again") from err
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION or "integrity" not in manifest:
+        raise StoreError(f"{relative(Path(path))} is a store of format {version}, this version reads format "
+                         f"{FORMAT_VERSION} (chunk checksums); extract it again (`make reproduce` does)")
+    return manifest
+
+
 class ActivationStore:
-    """Lazy reader of one finished store; nothing is read until an array is asked for."""
+    """Lazy reader of one finished store; nothing is read until an array is asked for.
+
+    Opening checks the store's files against its manifest (labels, metadata, every chunk file
+    present; ``lib.activations.integrity.check_files``); ``verify()`` also checks every chunk's checksum.
+    """
 
     def __init__(self, path: Path):
         import zarr
@@ -78,10 +98,27 @@ class ActivationStore:
             raise IncompleteResultsError(
                 f"{relative(self.path)} is an unfinished activation store (no manifest.json): extraction was "
                 f"interrupted. Rerun the extraction to resume it; it is never read as finished.")
-        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        self.manifest = read_manifest(self.path)
+        check_files(self.path, self.manifest["integrity"])
         with quiet_zarr():
             self._group = zarr.open_group(str(self.path), mode="r")
         self.attrs = dict(self._group.attrs)
+
+    def verify(self, progress=None) -> dict:
+        """Read every chunk and check its checksum (plus what opening checks); counts of what was read."""
+        return verify_chunks(self.path, self.manifest["integrity"], progress=progress)
+
+    def _array(self, name: str, what: str, selection) -> np.ndarray:
+        """``selection`` of array ``name``; a chunk that does not decode is a StoreError naming it."""
+        try:
+            arr = self._group[name]
+            if isinstance(selection, tuple) and any(isinstance(s, np.ndarray) for s in selection):
+                return np.asarray(arr.get_orthogonal_selection(selection))
+            return np.asarray(arr[selection])
+        except Exception as err:  # noqa: BLE001 - a chunk that does not decode or fails its checksum
+            raise StoreError(f"cannot read {name} ({what}) from {relative(self.path)}: {type(err).__name__}: {err}. "
+                             f"A chunk file is corrupted or truncated; run `python -m lib.activations verify "
+                             f"{relative(self.path)}` to find it, and extract the store again") from err
 
     @cached_property
     def labels(self) -> pd.DataFrame:
@@ -121,23 +158,18 @@ class ActivationStore:
 
     def _read(self, kind: str, hook: str, idx: np.ndarray, width: int | None = None) -> np.ndarray:
         site, li = self._resolve(hook)
-        arr = self._group[f"{kind}/{site}"]
-        tail = (slice(None),) * (arr.ndim - 2)
+        ndim = len(self.attrs["shapes"][site]) + (3 if kind == "tokens" else 2)
+        tail = (slice(None),) * (ndim - 2)
         if width is not None:
             tail = (slice(0, width),) + tail[1:]
         # only the chunks that hold the asked rows and layer are read; contiguous rows read as a slice
-        try:
-            if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
-                data = np.asarray(arr[(slice(int(idx[0]), int(idx[0]) + idx.size), li) + tail])
-            else:
-                data = np.asarray(arr.get_orthogonal_selection((idx, li) + tail))
-        except Exception as err:  # noqa: BLE001 - a chunk that does not decode
-            raise StoreError(f"cannot read {kind}/{site} (layer {hook}) from {relative(self.path)}: "
-                             f"{type(err).__name__}: {err}. A chunk file is corrupted or truncated; "
-                             f"delete the store and extract again") from err
+        if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+            data = self._array(f"{kind}/{site}", hook, (slice(int(idx[0]), int(idx[0]) + idx.size), li) + tail)
+        else:
+            data = self._array(f"{kind}/{site}", hook, (idx, li) + tail)
         if self.attrs["dtype"] != "float16":
             return data.astype(np.float32)
-        scale = np.asarray(self._group[f"scale/{site}"].get_orthogonal_selection((idx, li)))
+        scale = self._array(f"scale/{site}", hook, (idx, li))
         return decode_f16(data, torch.from_numpy(scale)).numpy()
 
     def get(self, hook: str, reduction: str = "sentence_end", *, rows=None, emotion=None) -> np.ndarray:
@@ -159,7 +191,7 @@ class ActivationStore:
             raise StoreError(f"{relative(self.path)} keeps every token only for sites {self.attrs['token_sites']}, "
                              f"not {site!r}; extract with token_sites including it (or '*')")
         idx = self._rows(rows, emotion)
-        lengths = np.asarray(self._group["lengths"].get_orthogonal_selection((idx,)))
+        lengths = self._array("lengths", "token counts", (idx,))
         width = int(lengths.max()) if idx.size else 0
         data = self._read("tokens", hook, idx, width=width)
         mask = np.arange(width)[None, :] < lengths[:, None]
@@ -171,6 +203,10 @@ class ActivationStore:
         return self._read(reduction, hook, idx), self.labels.iloc[idx].reset_index(drop=True)
 
 
-def open_store(path: Path) -> ActivationStore:
-    """Open a finished store for lazy reads; an unfinished one is refused."""
-    return ActivationStore(path)
+def open_store(path: Path, *, verify: bool = False) -> ActivationStore:
+    """Open a finished store for lazy reads; an unfinished or damaged one is refused. ``verify``: also
+    check every chunk's checksum first (for a store this process did not just write)."""
+    store = ActivationStore(path)
+    if verify:
+        store.verify()
+    return store

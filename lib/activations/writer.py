@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.activations.integrity import add_checksum, crc32c_codec
 from lib.activations.plan import keeps_tokens
 from lib.activations.store import quiet_zarr
 from lib.files import write_json
@@ -22,6 +23,8 @@ def create_arrays(group, sites, shapes, n_rows, width, config) -> None:
     from zarr.codecs import BloscCodec
 
     comp = [BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")]  # fastest measured here; padding zeros still vanish
+    if config.checksum:
+        comp.append(crc32c_codec())  # 4 bytes per chunk; zarr checks it on every read
     np_dtype = np.float16 if config.dtype == "float16" else np.float32
     b = config.batch_size
     group.create_array("lengths", shape=(n_rows,), chunks=(b,), dtype=np.int32, compressors=comp, fill_value=0)
@@ -44,17 +47,20 @@ class ChunkEncoder:
 
     zarr's own write path costs about five times the compression and the file write (measured
     here), which on two cores is taken from the forward pass. Chunks are encoded with the array's
-    own codecs (little-endian bytes, then Blosc) and written atomically (a temporary file renamed),
+    own codecs (little-endian bytes, then Blosc, then zarr's CRC32C checksum) and written
+    atomically (a temporary file renamed),
     so zarr reads them back as if it had written them; a test compares the files byte for byte.
     """
 
     def __init__(self, root: Path, name: str, arr):
-        from zarr.codecs import BloscCodec, BytesCodec
+        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 
         codecs = arr.metadata.codecs
-        if not (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)
+        if not (len(codecs) in (2, 3) and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)
+                and (len(codecs) == 2 or isinstance(codecs[2], Crc32cCodec))
                 and (codecs[0].endian is None or codecs[0].endian.value == sys.byteorder)):
             raise ValueError(f"unexpected codecs for {name}: {codecs}")
+        self.crc = codecs[2] if len(codecs) == 3 else None
         self.dir = root / name
         self.chunks = tuple(arr.chunks)
         self.dtype = arr.dtype
@@ -86,7 +92,8 @@ class ChunkEncoder:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.made.add(path.parent)
         tmp = path.with_name(path.name + ".partial")
-        tmp.write_bytes(self.blosc.encode(chunk.view(np.uint8).reshape(-1)))
+        blob = self.blosc.encode(chunk.view(np.uint8).reshape(-1))
+        tmp.write_bytes(add_checksum(self.crc, blob) if self.crc is not None else blob)
         os.replace(tmp, path)
 
 
@@ -116,20 +123,21 @@ class Writer:
         while (item := self.queue.get()) is not None:
             if self.error is not None:
                 continue
-            done, writes = item
+            done, writes, state = item
             try:
                 for name, start, data in writes:
                     self.encoders[name].write(start, data)
-                write_json(self.progress_path, {"settings_sha256": self.settings_sha, "batches_done": done})
+                write_json(self.progress_path, {"settings_sha256": self.settings_sha, "batches_done": done, **state})
                 self.on_done()
             except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
                 self.error = err
 
-    def put(self, done: int, writes: list) -> None:
-        """Queue batch ``done - 1``'s ``writes`` [(array name, start, data)]; re-raises a failed write."""
+    def put(self, done: int, writes: list, state: dict | None = None) -> None:
+        """Queue batch ``done - 1``'s ``writes`` [(array name, start, data)]; ``state`` is recorded with the
+        resume point once they are written (e.g. the worst float16 error so far). Re-raises a failed write."""
         if self.error is not None:
             raise self.error
-        self.queue.put((done, writes))
+        self.queue.put((done, writes, state or {}))
 
     def close(self) -> None:
         """Wait for every queued write; re-raises a failed one."""

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lib.emotions import EMOTIONS
+from lib.errors import UserError
 from lib.paths import EMOTION_DATA, GOEMOTIONS_DATA, relative
 
 __all__ = [
@@ -33,12 +34,24 @@ _AUTHORED_FIELDS = {"id": str, "text": str, "emotion": str, "profile": str, "spa
 DOMAINS = ("personal", "public")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset file or row that does not follow the schema; the message names file and line."""
 
 
 def _fail(path: Path, line: int, what: str) -> None:
     raise DatasetError(f"{relative(path)}:{line}: {what}")
+
+
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 text file; bytes that are not UTF-8 are an error naming file, line and column."""
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                _fail(path, line_no, f"byte {raw[err.start]:#04x} at column {err.start + 1} is not UTF-8; "
+                                     f"save the file as UTF-8")
+            yield line_no, text.replace("\r\n", "\n")  # as text mode reads Windows line ends
 
 
 def _validate_authored_row(row, path: Path, line: int, profile: str, seen: dict[str, int]) -> dict:
@@ -81,15 +94,14 @@ def load_authored(profile: str, path: Path | None = None) -> pd.DataFrame:
     if not path.exists():
         raise DatasetError(f"{path}: file not found (authored profile {profile!r})")
     rows, seen = [], {}
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                _fail(path, line_no, "blank line (one JSON object per line, no blank lines)")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                _fail(path, line_no, f"bad JSON ({err.msg}, column {err.colno})")
-            rows.append(_validate_authored_row(row, path, line_no, profile, seen))
+    for line_no, line in _lines(path):
+        if not line.strip():
+            _fail(path, line_no, "blank line (one JSON object per line, no blank lines)")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            _fail(path, line_no, f"bad JSON ({err.msg}, column {err.colno})")
+        rows.append(_validate_authored_row(row, path, line_no, profile, seen))
     if not rows:
         raise DatasetError(f"{path}: no rows")
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -106,26 +118,25 @@ def load_goemotions(split: str, folder: Path | None = None) -> pd.DataFrame:
     if not path.exists():
         raise DatasetError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 3:
-                _fail(path, line_no, f"expected 3 tab-separated columns (text, label ids, comment id), got {len(parts)}")
-            text, labels, comment_id = parts
-            try:
-                ids = {int(x) for x in labels.split(",")}
-            except ValueError:
-                _fail(path, line_no, f"label ids {labels!r} are not comma-separated integers")
-            if not ids or min(ids) < 0 or max(ids) > 27:
-                _fail(path, line_no, f"label ids {sorted(ids)} outside 0..27")
-            if not comment_id:
-                _fail(path, line_no, "empty comment id")
-            if len(ids) != 1 or next(iter(ids)) not in GOEMOTIONS_LABELS or not text.strip():
-                continue
-            rows.append({"id": f"goemo-{split}-{comment_id}", "text": text.strip(),
-                         "emotion": GOEMOTIONS_LABELS[next(iter(ids))], "profile": "goemotions",
-                         "split": split, "span_start": None, "span_end": None,
-                         "register": "online", "domain": "public", "source": "goemotions"})
+    for line_no, line in _lines(path):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 3:
+            _fail(path, line_no, f"expected 3 tab-separated columns (text, label ids, comment id), got {len(parts)}")
+        text, labels, comment_id = parts
+        try:
+            ids = {int(x) for x in labels.split(",")}
+        except ValueError:
+            _fail(path, line_no, f"label ids {labels!r} are not comma-separated integers")
+        if not ids or min(ids) < 0 or max(ids) > 27:
+            _fail(path, line_no, f"label ids {sorted(ids)} outside 0..27")
+        if not comment_id:
+            _fail(path, line_no, "empty comment id")
+        if len(ids) != 1 or next(iter(ids)) not in GOEMOTIONS_LABELS or not text.strip():
+            continue
+        rows.append({"id": f"goemo-{split}-{comment_id}", "text": text.strip(),
+                     "emotion": GOEMOTIONS_LABELS[next(iter(ids))], "profile": "goemotions",
+                     "split": split, "span_start": None, "span_end": None,
+                     "register": "online", "domain": "public", "source": "goemotions"})
     df = pd.DataFrame(rows, columns=COLUMNS)
     dup = df["id"].duplicated()
     if dup.any():

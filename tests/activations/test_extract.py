@@ -178,3 +178,98 @@ def test_reduction_only_sites_are_scaled_from_their_reductions(tmp_path, rows):
     x, y = a.get("blocks.0.hook_resid_post", "mean"), b.get("blocks.0.hook_resid_post", "mean")
     assert np.abs(y).max() > 65504 and np.isfinite(x).all()
     assert (np.linalg.norm(x - y, axis=1) / np.linalg.norm(y, axis=1)).max() < 2e-3
+
+
+def test_a_folder_that_is_not_a_store_is_never_touched(rows, tmp_path):
+    lm = load_model("tiny-gpt2", device="cpu")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    with pytest.raises(StoreMismatchError, match=r"not empty and is not an activation store .*'notes.txt'.* nothing was changed"):
+        extract(lm, rows, mine, ExtractConfig(layers=(1,)), progress=False, overwrite=True)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "a user's file"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreMismatchError, match="is a file, not a folder"):
+        extract(lm, rows, tmp_path / "file", ExtractConfig(layers=(1,)), progress=False)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_overwrite_replaces_only_a_store(rows, tmp_path):
+    lm = load_model("tiny-gpt2", device="cpu")
+    extract(lm, rows, tmp_path / "s", ExtractConfig(layers=(1,)), progress=False)
+    logs = []
+    extract(lm, rows, tmp_path / "s", ExtractConfig(layers=(0,)), progress=False, overwrite=True, log=logs.append)
+    assert {h.split(".")[1] for h in open_store(tmp_path / "s").hooks} == {"0"}
+    assert any("replacing it (--overwrite)" in line for line in logs)
+
+
+def test_resumed_manifest_carries_the_float16_error_measured_before(tmp_path, monkeypatch):
+    """A store resumed at batch 9 reports the worst error of batches 0 and 8, as an uninterrupted run does,
+    not 0.0 from a run that measured nothing."""
+    import lib.activations.extract as E
+
+    lm = load_model("tiny-pythia", device="cpu")
+    df = load_profile("baseline", max_per_emotion=6, seed=2)  # 24 rows, batches of 2: 12 batches
+    config = ExtractConfig(batch_size=2, layers=(0,))
+    clean = extract(lm, df, tmp_path / "clean", config, progress=False)
+    calls = {"n": 0}
+    orig = E._run_batch
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 11:  # the shape probe, batches 0..8, then batch 9 is interrupted
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+
+    monkeypatch.setattr(E, "_run_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        extract(lm, df, tmp_path / "cut", config, progress=False)
+    monkeypatch.setattr(E, "_run_batch", orig)
+    resumed = extract(lm, df, tmp_path / "cut", config, progress=False)
+    assert resumed["resumed_at_batch"] == 9 and resumed["float16_batches_measured"] == 2
+    assert resumed["float16_worst_relative_error"] == clean["float16_worst_relative_error"] > 0
+    assert _files(tmp_path / "cut") == _files(tmp_path / "clean")
+
+
+def test_sigkill_at_random_points_then_resume_equals_a_clean_run(tmp_path):
+    """Killed three times at random moments (seeded), even before the first batch; the last rerun completes and
+    the store equals an uninterrupted one byte for byte."""
+    script = f"""
+from lib.settings import apply_hub_policy; apply_hub_policy()
+from lib.text.datasets import load_profile
+from lib.activations.plan import ExtractConfig
+from lib.activations.extract import extract
+from lib.models.loading import load_model
+import lib.activations.writer as W, time
+orig = W.ChunkEncoder._write_chunk
+def slow(*a, **k):
+    time.sleep(0.01)
+    return orig(*a, **k)
+W.ChunkEncoder._write_chunk = slow
+extract(load_model("tiny-pythia", device="cpu"), load_profile("baseline", max_per_emotion=10, seed=2),
+        {str(tmp_path / "killed")!r}, ExtractConfig(batch_size=2), progress=False)
+"""
+    rng = np.random.default_rng(7)
+    progress = tmp_path / "killed" / "progress.json"
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ})
+        before = json.loads(progress.read_text())["batches_done"] if progress.exists() else -1
+        wait_batches = int(rng.integers(0, 4))  # 0: killed while starting or within the first batch
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if progress.exists() and json.loads(progress.read_text())["batches_done"] >= before + wait_batches:
+                    break
+            except ValueError:
+                pass
+            time.sleep(0.01)
+        time.sleep(float(rng.uniform(0, 0.2)))  # somewhere inside the next batch's chunk writes
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+    lm = load_model("tiny-pythia", device="cpu")
+    df = load_profile("baseline", max_per_emotion=10, seed=2)
+    extract(lm, df, tmp_path / "killed", ExtractConfig(batch_size=2), progress=False)
+    extract(lm, df, tmp_path / "clean", ExtractConfig(batch_size=2), progress=False)
+    assert _files(tmp_path / "killed") == _files(tmp_path / "clean")
+    open_store(tmp_path / "killed").verify()

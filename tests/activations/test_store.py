@@ -45,7 +45,7 @@ def test_bad_reads_are_named(rows, tmp_path):
         store.get("blocks.1.hook_resid_post", emotion="joy")
     chunk = next((tmp_path / "s" / "sentence_end" / "hook_resid_post").rglob("c/*/*/*"))
     chunk.write_bytes(b"garbage" * 10)
-    with pytest.raises(StoreError, match="corrupted or truncated; delete the store and extract again"):
+    with pytest.raises(StoreError, match=r"checksum do not match.*corrupted or truncated; run `python -m lib.activations verify"):
         open_store(tmp_path / "s").get("blocks.1.hook_resid_post")
 
 

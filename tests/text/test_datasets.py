@@ -9,7 +9,7 @@ from lib.emotions import EMOTIONS
 from lib.text.datasets import (DatasetError, load_authored, load_goemotions, load_profile, load_profiles,
                           span_text)
 from lib.text.leakage import normalize
-from lib.paths import GOEMOTIONS_DATA
+from lib.paths import EMOTION_DATA, GOEMOTIONS_DATA
 
 GOOD = {"id": "bl-grat-0001", "text": "Thanks a lot!", "emotion": "gratitude", "profile": "baseline",
         "span_start": 0, "span_end": 12, "register": "casual", "domain": "personal"}
@@ -98,3 +98,13 @@ def test_filters_and_subsampling_are_checked_and_seeded():
         load_profile("basline")
     with pytest.raises(DatasetError, match="only goemotions has train/dev"):
         load_profile("baseline", split="dev")
+
+
+def test_bytes_that_are_not_utf8_name_file_line_and_column(tmp_path):
+    good = (EMOTION_DATA / "baseline.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "baseline.jsonl").write_bytes(b"".join(good[:2]) + good[2].replace(b'"text": "', b'"text": "\xff', 1))
+    with pytest.raises(DatasetError, match=r"baseline.jsonl:3: byte 0xff at column \d+ is not UTF-8"):
+        load_authored("baseline", tmp_path / "baseline.jsonl")
+    (tmp_path / "dev.tsv").write_bytes(b"fine\t0\tid1\nbad \xe9t\xe9\t2\tid2\n")
+    with pytest.raises(DatasetError, match=r"dev.tsv:2: byte 0xe9 at column 5 is not UTF-8"):
+        load_goemotions("dev", tmp_path)
