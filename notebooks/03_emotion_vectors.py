@@ -71,6 +71,7 @@ from lib.phases.emotion_vectors import (at_best_layers, best_layer_report, best_
                                         report_summary, save_directions, stability_by_model, subspace_dims,
                                         transfer_by_model)
 from lib.pipeline.provenance import save_summary
+from lib.settings import step
 from lib.pipeline.results import prepare_output_dir, provenance_markdown
 from lib.report.plots import EMOTION_COLORS, setup_plotly
 
@@ -95,6 +96,7 @@ display(Markdown(f"Rows for fitting: {len(fit_data[models[0]].labels)} "
 # shuffled-label bars are the mean +- 2 sd over label permutations. Chance is 0.25 for four balanced classes.
 
 # %%
+step('probes by layer, with their controls', 1, 4)
 curves = pd.concat([probe_curves(fit_data[m], fit_data[c], shuffled_repeats=shuffled_repeats, n_splits=n_splits,
                                  seed=seed).assign(model=m) for m, c in zip(models, control_models)],
                    ignore_index=True)
@@ -117,6 +119,7 @@ at_best.pivot_table(index="model", columns="variant", values=["accuracy", "acc_l
 # phase 02, so its classes are closer to balanced than the raw split.
 
 # %%
+step('transfer to real text', 2, 4)
 train_prof, dev_prof = transfer_profiles
 transfer, per_class, fits = transfer_by_model(
     authored, {m: load_layers([stores[m, train_prof]], m, site) for m in models},
@@ -137,6 +140,7 @@ per_class.round(3)
 # emotion projects higher than the baseline.
 
 # %%
+step('emotion directions', 3, 4)
 dirs = directions_by_model(authored, stores, fits, profiles=fit_profiles, readings=readings, methods=methods,
                            site=site)
 
@@ -189,6 +193,7 @@ px.line(agree[agree["method"] != "mean_vs_neutral"].groupby(["model", "reading",
 # model's best layer:
 
 # %%
+step('subspaces', 4, 4)
 dims = pd.concat([subspace_dims(fit_data[m], best[m], var_threshold, max_k).assign(model=m) for m in models],
                  ignore_index=True)
 px.line(dims, x="dims", y="explained", color="subspace", facet_col="model", markers=True,

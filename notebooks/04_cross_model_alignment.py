@@ -62,6 +62,7 @@ from lib.phases.cross_model_alignment import (aligned_angles_by_pair, alignment_
                                               best_vs_null, cka_by_pair, layer_matching_table, paired_sample,
                                               procrustes_by_pair)
 from lib.pipeline.provenance import save_summary
+from lib.settings import step
 from lib.pipeline.results import prepare_output_dir, provenance_markdown
 from lib.report.plots import setup_plotly
 
@@ -82,6 +83,7 @@ display(Markdown("Model pairs: " + "; ".join(f"{a} vs {b}" for a, b in pairs)))
 # pairs whose permutation p-value exceeds 0.05 are marked with a cross.
 
 # %%
+step('cka for every pair of layers', 1, 4)
 cka, timings = cka_by_pair(paired, kinds, n_perm=n_perm, seed=seed)
 display(timings)
 for a, b in pairs:
@@ -118,6 +120,7 @@ px.line(nulls, x="layer_a", y="value", color="variable", line_dash="kind", facet
 # ((layer + 0.5) / layers). The diagonal is "same relative depth".
 
 # %%
+step('which layers correspond', 2, 4)
 fig = px.line(best, x="depth_a", y="depth_b", color="kind", facet_col="pair", markers=True,
               hover_data=["layer_a", "layer_b", "cka", "p_value"], title="Best-matching layer by relative depth",
               labels={"depth_a": "relative depth, first model", "depth_b": "relative depth, second model"})
@@ -141,6 +144,7 @@ matching.pivot(index="model", columns="kind", values="accuracy").round(3)
 # For every layer pair of each model pair (same texts), the orthogonal Procrustes distance.
 
 # %%
+step('procrustes distances', 3, 4)
 proc = procrustes_by_pair(paired)
 for a, b in pairs:
     sub = proc[(proc["model_a"] == a) & (proc["model_b"] == b)]
@@ -155,6 +159,7 @@ for a, b in pairs:
 # model B's own: mean principal angle in degrees, beside random k-dim subspaces of B's width.
 
 # %%
+step('emotion subspaces after alignment', 4, 4)
 angles = aligned_angles_by_pair(paired, best, k=subspace_k, seed=seed)
 fig = px.bar(angles.assign(pair=angles["model_a"] + " vs " + angles["model_b"]), x="subspace", y="mean_angle",
              color="pair", barmode="group",

@@ -134,9 +134,7 @@ def probe_curves(real: LayerData, control: LayerData | None = None, *, shuffled_
     Columns: layer, variant (probe, shuffled labels, random weights), accuracy, acc_lo, acc_hi,
     macro_f1, f1_lo, f1_hi.
     """
-    from lib.settings import show_progress
-
-    progress = show_progress() if progress is None else progress
+    progress = True if progress is None else progress  # lib.settings.progress_bar shows it where it belongs
     groups = text_groups(real.labels["text"].tolist())
     y = real.labels["emotion"].to_numpy()
     table = probe_by_layer(real.xs, y, groups, layers=real.layers, shuffled_repeats=shuffled_repeats,

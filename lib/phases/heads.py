@@ -30,6 +30,7 @@ from lib.interventions.scores import attribution_patching, head_activity, screen
 from lib.interventions.sweep import CleanState, clean_state, mean_head_z, sweep_fast, sweep_frame
 from lib.models.loading import load_model
 from lib.paths import RESULTS
+from lib.settings import progress_bar, step as announce
 from lib.stats.bootstrap import mean_ci, paired_difference
 from lib.text.generated import keyword_counts, vader_compound
 
@@ -56,6 +57,7 @@ class _Steps:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        announce(f"{self.label}: {name}")
         t0 = time.perf_counter()
         yield
         self.timings[name] = round(time.perf_counter() - t0, 2)
@@ -78,14 +80,16 @@ SWEEPS = (("ablate (mean)", "mean", "emotion", None), ("patch emotion->neutral",
 def run_sweeps(hf, states: dict[str, CleanState], readout: Readout, mean_z, emotion: str, tag: dict, *,
                all_positions: bool, step) -> pd.DataFrame:
     """Every ``SWEEPS`` single-head sweep on every head, at the last position (and all positions), long form."""
-    frames = []
-    for pos in (["last", "all"] if all_positions else ["last"]):
-        for name, mode, target, source in SWEEPS:
-            with step(f"sweep {name} {pos}"):
-                res = sweep_fast(hf, states[target], readout, mode, pos, mean_z=mean_z,
-                                 source=None if source is None else states[source])
-                frames.append(sweep_frame(res, states[target].metrics, readout, emotion, intervention=name,
-                                          positions=pos, **tag))
+    frames, positions = [], (["last", "all"] if all_positions else ["last"])
+    with progress_bar(total=len(positions) * len(SWEEPS) * len(states["emotion"].resid_pre), unit="layer",
+                      desc=f"{tag['model']} {emotion} single-head sweeps") as bar:
+        for pos in positions:
+            for name, mode, target, source in SWEEPS:
+                with step(f"sweep {name} {pos}"):
+                    res = sweep_fast(hf, states[target], readout, mode, pos, mean_z=mean_z,
+                                     source=None if source is None else states[source], progress=bar.update)
+                    frames.append(sweep_frame(res, states[target].metrics, readout, emotion, intervention=name,
+                                              positions=pos, **tag))
     return pd.concat(frames, ignore_index=True)
 
 
