@@ -80,8 +80,11 @@ def hook_names_for(lm, config: ExtractConfig) -> list[str]:
     block = sorted({v.split(".", 2)[2] for v in lm.bridge.hook_dict if v.startswith("blocks.0.")})
     stray = [s for s in config.token_sites if s != "*" and s not in block]
     if stray:
-        raise ValueError(f"token site(s) {stray} are not sites of {lm.name}'s blocks; valid: {block}, '*' for all, "
-                         f"or none")
+        import difflib
+
+        close = sorted({c for s in stray for c in difflib.get_close_matches(s, block, n=3, cutoff=0.6)})
+        raise ValueError(f"token site(s) {stray} are not sites of {lm.name}'s blocks; closest: {close}; give sites "
+                         f"inside a block such as 'hook_resid_post', '*' for all, or none")
     return names
 
 

@@ -93,7 +93,12 @@ class ChunkEncoder:
             self.made.add(path.parent)
         tmp = path.with_name(path.name + ".partial")
         blob = self.blosc.encode(chunk.view(np.uint8).reshape(-1))
-        tmp.write_bytes(add_checksum(self.crc, blob) if self.crc is not None else blob)
+        try:
+            tmp.write_bytes(add_checksum(self.crc, blob) if self.crc is not None else blob)
+        except OSError as err:  # a write that fails (disk full) names no file: name the chunk
+            if err.filename is None:
+                raise OSError(err.errno, err.strerror, str(tmp)) from err
+            raise
         os.replace(tmp, path)
 
 

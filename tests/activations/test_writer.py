@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lib.activations.writer import ChunkEncoder
 
 
-def test_chunk_encoder_writes_the_files_zarr_writes(tmp_path):
-    """Our direct chunk writes equal zarr's own, file for file, incl. partial edge chunks."""
+@pytest.mark.parametrize("checksum", [True, False])
+def test_chunk_encoder_writes_the_files_zarr_writes(tmp_path, checksum):
+    """Our direct chunk writes equal zarr's own, file for file, incl. partial edge chunks, with zarr's
+    CRC32C checksum (as stores are written) and without it."""
     import zarr
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     rng = np.random.default_rng(0)
     data = rng.standard_normal((5, 3, 7, 4)).astype(np.float16)  # 5 rows of a 4-row chunk grid: edge chunk
-    comp = [BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")]
+    comp = [BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")] + ([Crc32cCodec()] if checksum else [])
     for root in ("zarr", "ours"):
         group = zarr.open_group(str(tmp_path / root), mode="w")
         group.create_array("t/x", shape=(8, 3, 9, 4), chunks=(4, 1, 4, 4), dtype=np.float16, compressors=comp,
