@@ -1,7 +1,21 @@
-"""Shared fixtures: tiny randomly initialised models of every supported architecture."""
+"""Shared fixtures: tiny randomly initialised models of every supported architecture.
+
+Every temporary folder the tests make (smoke runs' output, the tiny tokenizer, notebook kernels'
+scratch) goes under one folder that is removed when the test session ends.
+"""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+_SCRATCH = tempfile.mkdtemp(prefix="emotion-tests-")
+os.environ["TMPDIR"] = _SCRATCH  # inherited by subprocesses and notebook kernels
+tempfile.tempdir = None  # re-read TMPDIR in this process too
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 
 from lib.settings import apply_hub_policy
 
