@@ -161,11 +161,15 @@ def _throughput(lm, df, encs, n_tokens, tmp, a) -> None:
     ta = bare_forward(lm, encs)
     tb, b_bytes = seed_way(lm, encs, tmp / "seed.pkl")
     (tmp / "seed.pkl").unlink()
+    if a.c0_first:  # the run after another one writes into pages just freed: alternate to see that effect
+        tc0, _ = ours(lm, df, tmp / "store0", a.batch_size, checksum=False)
+        shutil.rmtree(tmp / "store0")
     tc, manifest = ours(lm, df, tmp / "store", a.batch_size)
     c_bytes = resid_bytes(tmp / "store")
     tcrc = checksum_seconds(tmp / "store")
-    tc0, _ = ours(lm, df, tmp / "store0", a.batch_size, checksum=False)
-    shutil.rmtree(tmp / "store0")
+    if not a.c0_first:
+        tc0, _ = ours(lm, df, tmp / "store0", a.batch_size, checksum=False)
+        shutil.rmtree(tmp / "store0")
     print(f"(a) bare forward        {n_tokens / ta:8.0f} tokens/s  ({ta:.1f} s)")
     print(f"(b) seed's way          {n_tokens / tb:8.0f} tokens/s  ({tb:.1f} s, {b_bytes / 1e9:.2f} GB pickle)")
     print(f"(c) ours, default sites {n_tokens / tc:8.0f} tokens/s  ({tc:.1f} s, {manifest['bytes'] / 1e9:.2f} GB store, "
@@ -187,6 +191,7 @@ def main() -> None:
     p.add_argument("--child", nargs=2, metavar=("ROWS", "OUT"))
     p.add_argument("--rss-only", action="store_true", help="only the peak-RSS part")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS part")
+    p.add_argument("--c0-first", action="store_true", help="run (c0) before (c) instead of after it")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where (a), (b), (c) run (RSS part: cpu only)")
     a = p.parse_args()
     if a.child:
