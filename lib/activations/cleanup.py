@@ -61,11 +61,20 @@ def unused_stores(stores_dir: Path, results: Path | None = None) -> list[StoreEn
     return [s for s in find_stores(stores_dir) if s.path.resolve() not in used]
 
 
+def _is_store(path: Path) -> bool:
+    """Whether ``path`` holds a finished store's manifest (written by extraction), not some other manifest.json."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "settings_sha256" in manifest and "format_version" in manifest
+
+
 def remove_stores(entries: list[StoreEntry], log=print) -> int:
     """Delete the finished ones of ``entries`` (stores, never anything else); bytes freed."""
     freed = 0
     for entry in entries:
-        if entry.finished and (entry.path / "manifest.json").exists():
+        if entry.finished and _is_store(entry.path):
             shutil.rmtree(entry.path)
             freed += entry.bytes
             log(f"[gc] deleted {relative(entry.path)} ({entry.bytes / 1e6:.1f} MB)")

@@ -74,3 +74,21 @@ def test_open_run_store_checks_every_chunk_and_the_folder_name(tmp_path, monkeyp
     index.write_text("{")
     with pytest.raises(StoreError, match="stores.json is damaged"):
         R.open_run_store("tiny-gpt2", "baseline")
+
+
+def test_gc_deletes_only_finished_stores(tmp_path, monkeypatch):
+    """A folder under the stores holding some other manifest.json, or an unfinished store, is never deleted."""
+    import json
+
+    from lib.activations.cleanup import remove_stores, unused_stores
+
+    monkeypatch.setattr("lib.activations.cleanup.RESULTS", tmp_path / "results")
+    mine = tmp_path / "stores" / "notes"
+    mine.mkdir(parents=True)
+    (mine / "manifest.json").write_text(json.dumps({"title": "my own manifest"}))
+    begun = tmp_path / "stores" / "m" / "baseline--0123"
+    begun.mkdir(parents=True)
+    (begun / "progress.json").write_text(json.dumps({"settings_sha256": "0123", "batches_done": 1}))
+    unused = unused_stores(tmp_path / "stores")
+    assert {e.path for e in unused} == {mine, begun}
+    assert remove_stores(unused, log=lambda *_: None) == 0 and mine.exists() and begun.exists()
