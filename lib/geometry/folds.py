@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
+from lib.stats.splits import grouped_folds  # noqa: F401  (re-exported: folds are built here from text groups)
 from lib.text.leakage import near_duplicates, normalize
 
 __all__ = ["text_groups", "grouped_folds"]
@@ -45,22 +45,3 @@ def text_groups(texts, threshold: float = 0.8) -> np.ndarray:
         union(int(a), int(b))
     roots = [find(i) for i in range(len(texts))]
     return pd.factorize(np.asarray(roots, dtype=np.int64))[0].astype(np.int64)
-
-
-def grouped_folds(labels, groups, n_splits: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds (shuffled, seeded ``StratifiedGroupKFold``) that keep each group inside one fold.
-
-    >>> folds = grouped_folds(np.repeat(["a", "b"], 10), np.arange(20) // 2, n_splits=2)
-    >>> [len(test) for _, test in folds]
-    [10, 10]
-    """
-    labels, groups = np.asarray(labels), np.asarray(groups)
-    if labels.shape != groups.shape or labels.ndim != 1:
-        raise ValueError(f"labels and groups must be 1-D of equal length; got shapes {labels.shape} and {groups.shape}")
-    counts = pd.DataFrame({"y": labels, "g": groups}).groupby("y")["g"].nunique()
-    low = counts[counts < n_splits]
-    if len(low):
-        raise ValueError(f"class {low.index[0]!r} has {int(low.iloc[0])} distinct text groups, fewer than "
-                         f"n_splits={n_splits}; groups per class: {counts.to_dict()}")
-    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return list(cv.split(np.zeros(len(labels)), labels, groups))
