@@ -202,6 +202,8 @@ def _manifest(stem: str, run: str, params: dict, inputs: str, upstream: str, par
         "wall_s": round(wall, 2), "report": str(relative(report)),
         "report_sha256": sha256_file(partial / "report.html"),
         "summary": summary.get("summary", ""), "models": summary.get("models", []),
+        # the report's headline answers (shown first on the index page) and the splits they were estimated on
+        "findings": summary.get("findings", []), "splits": summary.get("splits", {}),
         # folders a phase writes outside its run folder (activation stores); each must stay finished
         "external_outputs": summary.get("external_outputs", []),
     }

@@ -34,7 +34,8 @@ from pathlib import Path
 from lib.pipeline.provenance import save_summary
 assert not fail, "asked to fail"
 Path(output_dir, "x.txt").write_text(str(x))
-save_summary(output_dir, summary=f"x is {x}")
+save_summary(output_dir, summary=f"x is {x}", splits={"rows": {"rule": "all"}},
+             findings=[{"question": "What is x?", "finding": f"x = {x} [0, 2]", "control": "y = 0", "figure": "Test phase"}])
 print("VALUE", x * 1000)
 
 # %%
@@ -110,9 +111,23 @@ def test_half_written_results_are_moved_aside_not_trusted(project):
 
 
 def test_index_lists_phase(project):
-    _run([])
+    manifest = _run([])
+    assert manifest["splits"] == {"rows": {"rule": "all"}} and manifest["findings"][0]["question"] == "What is x?"
     page = PL.write_index().read_text()
     assert "00_t--default.html" in page and "x is 1" in page
+    # the findings come first, each linked to its figure's heading in the report
+    assert page.index("What is x?") < page.index("x is 1")
+    assert "href='00_t--default.html#Test-phase'" in page and "x = 1 [0, 2]" in page and "y = 0" in page
+
+
+def test_index_refuses_a_malformed_finding(project):
+    _run([])
+    out = project / "results" / "00_t" / "default" / "manifest.json"
+    m = json.loads(out.read_text())
+    m["findings"] = [{"question": "only a question"}]
+    out.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"lacks \['finding', 'control', 'figure'\]"):
+        PL.write_index()
 
 
 def test_interrupted_swaps_are_recovered(project):

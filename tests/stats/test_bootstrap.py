@@ -8,7 +8,7 @@ import pytest
 
 from lib.emotions import EMOTIONS
 from lib.geometry.probes import bootstrap_ci
-from lib.stats.bootstrap import bootstrap, mean_ci, paired_difference, percentile_interval
+from lib.stats.bootstrap import bootstrap, group_bootstrap, group_codes, mean_ci, paired_difference, percentile_interval
 
 
 def _quantile_linear(values, q):
@@ -130,3 +130,33 @@ def test_bootstrap_ci_draws_blocks_of_200():
     assert acc_ci == tuple(np.quantile(accs, q))  # exactly: k / n either way
     np.testing.assert_allclose(f1_ci, np.quantile(f1s, q), rtol=0, atol=1e-15)
     assert bootstrap_ci(y, pred, classes, n_boot=450, seed=9, level=0.9) != (acc_ci, f1_ci)  # seed-dependent
+
+
+# --- group bootstrap ---------------------------------------------------------------------------------------------------
+
+
+def test_group_bootstrap_with_singleton_groups_is_the_row_bootstrap():
+    x = np.random.default_rng(1).normal(size=37)
+    rows = bootstrap(lambda idx: x[idx].mean(1), x.size, n_boot=300, seed=5)
+    groups = group_bootstrap(lambda w: (w * x).sum(1) / w.sum(1), np.arange(x.size), n_boot=300, seed=5, block=300)
+    assert np.allclose(rows, groups)
+
+
+def test_group_bootstrap_widens_intervals_for_clustered_rows():
+    # 40 groups of 10 identical rows: the row bootstrap treats 400 rows as independent and is about sqrt(10) too narrow
+    rng = np.random.default_rng(2)
+    x = np.repeat(rng.normal(size=40), 10)
+    g = np.repeat(np.arange(40), 10)
+    by_row = mean_ci(x, seed=0)
+    by_group = mean_ci(x, seed=0, groups=g)
+    ratio = (by_group["ci_high"] - by_group["ci_low"]) / (by_row["ci_high"] - by_row["ci_low"])
+    assert 2.4 < ratio < 4.2, ratio
+    # and the group interval matches the textbook interval of the 40 group means
+    se = x[::10].std(ddof=1) / np.sqrt(40)
+    assert (by_group["ci_high"] - by_group["ci_low"]) == pytest.approx(2 * 1.96 * se, rel=0.2)
+
+
+def test_group_codes_check_length():
+    assert group_codes(["b", "a", "b"], 3).tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="one group per item: 3 items"):
+        group_codes([0, 1], 3)
