@@ -1,6 +1,7 @@
 """Exact single-head sweep benchmark: naive (one full forward per head) vs ours, same prompts, one process.
 
-For every head of every layer, mean-ablate the head (its z replaced by its mean over the prompts)
+For every head of every layer, mean-ablate the head (its z replaced by its mean over the prompts at the same
+position)
 and read the readout at the last token (a probe on the last layer's resid_post and the
 log-probability of continuation tokens): at the last position only, and at all positions.
 (naive) one full TransformerLens forward per head, z edited on blocks.L.attn.hook_z;
@@ -8,7 +9,7 @@ log-probability of continuation tokens): at the last position only, and at all p
         the last token against cached keys and values (last position), all heads of a layer in one
         batch, unembedding only at the last position.
 Prints times, ratios, the largest difference between the two, and the Spearman correlation of
-attribution patching with exact patching (emotion -> neutral, same length) for the same readout.
+attribution patching with exact patching (emotion -> neutral, same length) on the probe's log-odds.
 
 Usage: .venv/bin/python benchmarks/heads.py [--model smollm2-135m] [--prompts 32] [--tokens 16]
        [--device cpu|cuda] [--layers N]   (--layers: time the naive sweep on the first N layers and
@@ -32,7 +33,7 @@ from lib.activations.names import act_name
 from lib.geometry.probes import fit_probe
 from lib.interventions.readout import continuation_ids, readout_from_probe
 from lib.interventions.scores import attribution_patching
-from lib.interventions.sweep import clean_state, mean_head_z, sweep_fast, sweep_naive
+from lib.interventions.sweep import clean_state, position_mean_z, sweep_fast, sweep_naive
 from lib.models.loading import load_model
 from lib.text.datasets import load_profiles
 from lib.text.generated import load_lexicon
@@ -92,7 +93,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     state = clean_state(hf, ids, readout)
-    mean_z = mean_head_z(state)
+    mean_z = position_mean_z(state)
     sync(lm.device)
     t_clean = time.perf_counter() - t0
     for pos in ("last", "all"):
@@ -115,8 +116,8 @@ def main() -> None:
     se, sn = clean_state(hf, emo, readout), clean_state(hf, neu, readout)
     k = readout.classes.index("gratitude")
     for pos in ("last", "all"):
-        exact = sweep_fast(hf, sn, readout, "patch", pos, source=se)["probs"][..., k].mean(-1) \
-            - float(sn.metrics["probs"][:, k].mean())
+        exact = sweep_fast(hf, sn, readout, "patch", pos, source=se)["logodds"][..., k].mean(-1) \
+            - float(sn.metrics["logodds"][:, k].mean())
         t0 = time.perf_counter()
         attr = attribution_patching(hf, neu, se.z, readout, "gratitude", pos)
         t_attr = time.perf_counter() - t0

@@ -18,49 +18,79 @@
 # # 04 Cross-model alignment
 #
 # **Question.** Do two models with different tokenizers, widths and depths represent our emotion
-# sentences alike, and which of their layers correspond?
+# sentences alike, and which of their layers correspond once nuisances shared by any two models of the
+# same texts (text length, a few outlier dimensions of huge norm) are taken out?
 #
 # **Inputs.** Phase 02's stores (`activations_run`) of the sentence-end residual stream after every
 # block for each model in `models` and `control_models` (random weights) on `profiles`; rows are
 # paired by text id (each model tokenises the text its own way, so comparison is per sentence).
 # With `activations_run` empty (smoke runs) small stores are extracted here.
 #
-# **Outputs.** `cka.csv` (every layer pair, kind and model pair, with permutation nulls),
-# `best_matches.csv`, `procrustes.csv`, `aligned_angles.csv`, `layer_matching.csv`.
+# **Split.** Every model is compared on one common sample of up to `n_texts` texts, split into a
+# selection half and an estimation half stratified by emotion, near-identical texts kept in one half
+# (the split is recorded in `summary.json`). The selection half chooses each pair's layers (highest
+# CKA) and fits the Procrustes map; every number reported comes from the estimation half: the chosen
+# layers' CKA with a bootstrap interval over text groups, the Procrustes distance under the selection
+# half's map, and the emotion subspaces of both models (fit on the estimation half, model A's carried
+# into B's space by the selection half's map).
 #
-# **Measures.** Linear CKA (Kornblith et al. 2019); debiased CKA (unbiased HSIC; near 0 for
-# unrelated data, where plain CKA is biased upwards at small n); RBF CKA (bandwidth 0.8 x median
-# distance). Each linear and debiased value gets a permutation null (texts shuffled on one side)
-# and a p-value. Orthogonal Procrustes distance: 0 when one representation is a rotation of the
-# other (after centring and scaling), up to 2.
+# **Controls.** The random-weights models go through the same procedure: each model against its own
+# random-weights copy, and the two random-weights models against each other, the control of the pair
+# of trained models (it shares everything that comes from the texts and the tokenizers, nothing learned).
+#
+# **Nuisance variants** (`lib.geometry.nuisance`), each a different matrix per layer before the Gram:
+# `raw`; `length` (each feature minus its least-squares fit on a cubic in the standardised log token
+# count, each model's own count); `zscore` (each feature divided by its standard deviation, so no
+# handful of huge-norm dimensions dominates the Gram; the price: CKA then depends on the residual
+# stream's coordinates, where those outlier dimensions live, and is no longer rotation-invariant);
+# `length+zscore` (both: the variant the findings quote). Each half is corrected on its own rows,
+# like centring (no labels, nothing of the other model). RBF CKA runs on the raw variant only.
+#
+# **Measures.** Linear CKA (Kornblith et al. 2019); debiased CKA (unbiased HSIC; near 0 for unrelated
+# rows, where linear CKA is biased upwards at this n and width: the headline kind); RBF CKA
+# (bandwidth 0.8 x median distance). Beside each held-out value, `chance`: the exact mean of the
+# rows-unpaired permutation null (for linear CKA sqrt(PR_x PR_y) / (n - 1), PR the participation
+# ratio; 0 for debiased CKA). **No permutation p-values in the headline**: two models of the same
+# texts always reject "rows unpaired", so those p-values carry no information beside the
+# random-weights pair, and the full run sets `n_perm: 0` (no permutations: most of the old run's
+# time); `n_perm` > 0 adds them for the chosen linear cells, raw and BH-adjusted, in the table only. Orthogonal Procrustes distance: 0 when one representation is a rotation of the other
+# (after centring and scaling), at most sqrt(2) with the map fitted on the same rows, at most 2 under
+# a map fitted on other rows.
+#
+# **Outputs.** `cka.csv` (every layer pair, variant, kind, half and model pair), `heldout_cka.csv`
+# (the chosen layers of each pair, variant and kind: selection and held-out CKA, chance level,
+# interval, control pair beside it), `best_matches.csv`, `correspondence.csv`, `procrustes.csv`,
+# `aligned_angles.csv`, `layer_matching.csv`, `timings.csv`.
 
 # %% tags=["parameters"]
 models = ["tiny-gpt2", "tiny-llama"]
-control_models = ["random:tiny-gpt2"]
+control_models = ["random:tiny-gpt2", "random:tiny-llama"]
 profiles = ["baseline", "extended"]
 activations_run = ""
 site = "hook_resid_post"
 reduction = "sentence_end"
 kinds = ["linear", "debiased", "rbf"]
 n_texts = 2000
-n_perm = 200
+n_perm = 19
+n_boot = 200
 subspace_k = 4
 max_per_emotion = 20
 seed = 0
 output_dir = ""
 
 # %%
-import itertools
-
 import numpy as np
 import plotly.express as px
 from IPython.display import Markdown, display
 
 from lib.activations.layerwise import load_layers
 from lib.activations.runs import obtain_stores
-from lib.phases.cross_model_alignment import (aligned_angles_by_pair, alignment_summary, best_matches_by_pair,
-                                              best_vs_null, cka_by_pair, layer_matching_table, paired_sample,
-                                              procrustes_by_pair)
+from lib.geometry.procrustes import MAX_DISTANCE, MAX_HELDOUT_DISTANCE
+from lib.phases.alignment_cka import (HEADLINE_VARIANT, best_matches, cka_on_halves, correspondence_table,
+                                      headline_kind)
+from lib.phases.cross_model_alignment import (aligned_geometry, against_control, alignment_findings,
+                                              alignment_split, alignment_summary, common_sample,
+                                              correspondence_markdown, model_pairs)
 from lib.pipeline.provenance import save_summary
 from lib.settings import step
 from lib.pipeline.results import prepare_output_dir, provenance_markdown
@@ -71,120 +101,159 @@ out = prepare_output_dir(output_dir)
 everyone = models + control_models
 stores = obtain_stores(everyone, profiles, activations_run, out, max_per_emotion=max_per_emotion, seed=seed,
                        site=site)
-data = {m: load_layers([stores[m, p] for p in profiles], m, site, reduction) for m in everyone}
-pairs = list(itertools.combinations(models, 2)) + [(m, c) for m in models for c in control_models
-                                                   if c == f"random:{m}"]
-paired = {(a, b): paired_sample(data[a], data[b], n_texts, seed) for a, b in pairs}  # same texts, same order
-display(Markdown("Model pairs: " + "; ".join(f"{a} vs {b}" for a, b in pairs)))
+data = common_sample({m: load_layers([stores[m, p] for p in profiles], m, site, reduction) for m in everyone},
+                     n_texts, seed)  # same texts, same order, for every model
+selection, estimation, groups, split = alignment_split(data[models[0]].labels, seed)
+pairs = model_pairs(models, control_models)
+kind = headline_kind(kinds)
+n_layers = {m: len(d.layers) for m, d in data.items()}
+display(Markdown(f"{len(selection)} selection texts, {len(estimation)} estimation texts "
+                 f"({len(set(groups))} text groups); headline: {HEADLINE_VARIANT} features, {kind} CKA."))
+pairs
 
 # %% [markdown]
-# ## CKA for every pair of layers
-# Texts: up to `n_texts` rows both models hold, stratified by emotion. Heatmaps show CKA;
-# pairs whose permutation p-value exceeds 0.05 are marked with a cross.
+# ## CKA on held-out texts, raw and nuisance-corrected
+# Every layer pair on the estimation half, headline kind, one panel per variant. A row or column that is
+# bright everywhere (one layer of one model matching every layer of the other) is the mark of a shared
+# nuisance, not of shared representations.
 
 # %%
-step('cka for every pair of layers', 1, 4)
-cka, timings = cka_by_pair(paired, kinds, n_perm=n_perm, seed=seed)
-display(timings)
-for a, b in pairs:
-    sub = cka[(cka["model_a"] == a) & (cka["model_b"] == b)]
-    mats = np.stack([sub[sub["kind"] == k].pivot(index="layer_a", columns="layer_b", values="cka").to_numpy()
-                     for k in kinds])
+step('cka for every pair of layers, both halves, every variant', 1, 4)
+res = cka_on_halves(data, pairs, (selection, estimation), groups, kinds, n_boot=n_boot, n_perm=n_perm, seed=seed)
+cka = res.cka
+held = cka[(cka["half"] == "estimation") & (cka["kind"] == kind)]
+for pair in pairs["pair"]:
+    sub = held[held["pair"] == pair]
+    variants = list(dict.fromkeys(sub["variant"]))
+    mats = np.stack([sub[sub["variant"] == v].pivot(index="layer_a", columns="layer_b", values="cka").to_numpy()
+                     for v in variants])
     fig = px.imshow(mats, facet_col=0, origin="lower", zmin=0, zmax=1, color_continuous_scale="Viridis",
-                    labels={"x": f"{b} layer", "y": f"{a} layer", "color": "CKA"}, aspect="auto",
-                    title=f"CKA, {a} vs {b} ({sub['n_texts'].iloc[0]} texts); x: permutation p > 0.05")
-    fig.for_each_annotation(lambda an: an.update(text=kinds[int(an.text.split("=")[1])]))
-    for i, k in enumerate(kinds):
-        ns = sub[(sub["kind"] == k) & (sub["p_value"] > 0.05)]
-        if len(ns):
-            fig.add_scatter(x=ns["layer_b"], y=ns["layer_a"], mode="markers", marker_symbol="x", marker_color="white",
-                            marker_size=5, showlegend=False, row=1, col=i + 1)
+                    aspect="auto", title=f"{kind} CKA on held-out texts, {pair}",
+                    labels={"x": f"{sub['model_b'].iloc[0]} layer", "y": f"{sub['model_a'].iloc[0]} layer",
+                            "color": "CKA"})
+    fig.for_each_annotation(lambda an: an.update(text=variants[int(an.text.split("=")[1])]))
     fig.show()
+res.timings.groupby(["variant", "half"])["seconds"].sum().unstack()
 
 # %% [markdown]
-# ### Against the null
-# Observed CKA of each model pair's best-matching layers beside the permutation null (mean and
-# 95th percentile over shuffled texts).
+# ## Held-out CKA of the chosen layers, beside the random-weights control
+# Each pair's layers are chosen on the selection half (highest CKA); the bar is their CKA on the
+# estimation half with a 95% bootstrap interval over text groups; the grey marker is the same
+# layers' CKA on the selection half (what choosing and reporting on the same texts would print),
+# the dotted marker the chance level. The random-weights pair beside the trained pair is the
+# control; `diff` is trained minus control with the interval of the paired bootstrap differences.
 
 # %%
-best = best_matches_by_pair(cka, {m: len(d.layers) for m, d in data.items()}, pairs)
-nulls = best_vs_null(cka, best, ("linear", "debiased"))
-px.line(nulls, x="layer_a", y="value", color="variable", line_dash="kind", facet_col="pair", markers=True,
-        labels={"layer_a": "layer of the first model"},
-        title="Best-match CKA per layer of the first model, beside its permutation null").update_xaxes(
-    matches=None).show()
+step('held-out cka of the chosen layers', 2, 4)
+heldout = against_control(res.heldout, pairs, res.replicates)
+top = heldout[heldout["kind"] == kind]
+fig = px.bar(top, x="variant", y="cka_heldout", color="pair", barmode="group", range_y=[-0.05, 1.05],
+             error_y=top["ci_high"] - top["cka_heldout"], error_y_minus=top["cka_heldout"] - top["ci_low"],
+             hover_data=["layer_a", "layer_b", "cka_selection", "chance"],
+             title=f"Held-out {kind} CKA of the layers chosen on the selection half (95% group bootstrap)")
+fig.show()
+cols = ["pair", "variant", "kind", "layer_a", "layer_b", "cka_selection", "cka_heldout", "ci_low", "ci_high",
+        "chance", "control_pair", "control_cka", "diff", "diff_ci_low", "diff_ci_high", "p_value", "p_adjusted"]
+heldout[cols].round(3)
 
 # %% [markdown]
-# ## Which layers correspond
-# For each layer of model A, the layer of model B with the highest CKA, both as relative depth
-# ((layer + 0.5) / layers). The diagonal is "same relative depth".
+# ## Which layers correspond once the nuisances are handled
+# For each layer of model A, the layer of model B with the highest selection-half CKA, by relative
+# depth ((layer + 0.5) / layers); hover for its held-out CKA and whether the estimation half picks the
+# same layer. The dotted diagonal is "same relative depth". The text below says, per pair, which layer
+# of B matches most of A's layers raw and after the correction, and the held-out CKA of the top pair.
 
 # %%
-step('which layers correspond', 2, 4)
-fig = px.line(best, x="depth_a", y="depth_b", color="kind", facet_col="pair", markers=True,
-              hover_data=["layer_a", "layer_b", "cka", "p_value"], title="Best-matching layer by relative depth",
+step('which layers correspond', 3, 4)
+best = best_matches(cka, n_layers)
+corr = correspondence_table(best)
+shown = best[(best["kind"] == kind) & best["variant"].isin(["raw", HEADLINE_VARIANT])]
+fig = px.line(shown, x="depth_a", y="depth_b", color="variant", facet_col="pair", facet_col_wrap=2, markers=True,
+              hover_data=["layer_a", "layer_b", "cka_selection", "cka_heldout", "same_pick"],
+              title=f"Best-matching layer by relative depth ({kind} CKA, chosen on the selection half)",
               labels={"depth_a": "relative depth, first model", "depth_b": "relative depth, second model"})
 fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line_dash="dot", row="all", col="all").show()
+display(Markdown(correspondence_markdown(corr, heldout, pairs, variant=HEADLINE_VARIANT, kind=kind)))
+corr[corr["kind"] == kind].round(3)
 
 # %% [markdown]
 # ### Layer-matching sanity check (Kornblith et al. 2019, in spirit)
-# Each model against itself on two disjoint random halves of the texts: a layer's CKA profile
-# against all layers on one half should pick the same layer on the other half. Accuracy is the
-# share of layers that pick themselves; a similarity index that cannot do this cannot be trusted
-# to match layers across models.
+# Each model against itself: a layer's CKA profile against all layers on the selection half should
+# pick the same layer on the estimation half. Accuracy is the share of layers that pick themselves; a
+# similarity index that cannot do this cannot be trusted to match layers across models.
 
 # %%
-matching = layer_matching_table(data, kinds, n_texts=n_texts, seed=seed)
-px.bar(matching, x="model", y="accuracy", color="kind", barmode="group",
-       title="Layer-matching accuracy on disjoint halves").update_yaxes(range=[0, 1.05]).show()
-matching.pivot(index="model", columns="kind", values="accuracy").round(3)
+matching = res.matching
+px.bar(matching, x="model", y="accuracy", color="variant", facet_col="kind", barmode="group",
+       title="Layer-matching accuracy, selection half against estimation half").update_yaxes(range=[0, 1.05]).show()
+matching.pivot_table(index="model", columns=["kind", "variant"], values="accuracy").round(3)
 
 # %% [markdown]
-# ## Procrustes distances
-# For every layer pair of each model pair (same texts), the orthogonal Procrustes distance.
+# ## Procrustes distances under the selection half's map
+# At each pair's chosen layers (headline variant and kind): the distance with the map fitted on the
+# selection half (at most sqrt(2)), that map applied to the estimation half (the held-out distance, at
+# most 2), and the map refitted on the estimation half (fitting and reporting on the same rows).
 
 # %%
-step('procrustes distances', 3, 4)
-proc = procrustes_by_pair(paired)
-for a, b in pairs:
-    sub = proc[(proc["model_a"] == a) & (proc["model_b"] == b)]
-    px.imshow(sub.pivot(index="layer_a", columns="layer_b", values="procrustes"), origin="lower", aspect="auto",
-              color_continuous_scale="Magma_r", labels={"x": f"{b} layer", "y": f"{a} layer", "color": "distance"},
-              title=f"Orthogonal Procrustes distance, {a} vs {b}").show()
+step('procrustes maps and emotion subspaces', 4, 4)
+proc, angles = aligned_geometry(data, pairs, heldout, (selection, estimation), variant=HEADLINE_VARIANT,
+                                kind=kind, k=subspace_k, seed=seed)
+px.bar(proc.melt(id_vars=["pair"], value_vars=["distance_selection", "distance_heldout", "distance_refit"]),
+       x="pair", y="value", color="variable", barmode="group", range_y=[0, MAX_HELDOUT_DISTANCE],
+       title="Orthogonal Procrustes distance at the chosen layers").show()
+proc.round(3)
 
 # %% [markdown]
 # ## Emotion subspaces after alignment
-# At each model pair's best-matching linear-CKA layers (the pair of highest CKA), model A's
-# emotion subspaces (k = `subspace_k`) carried into model B's space by the Procrustes map, against
-# model B's own: mean principal angle in degrees, beside random k-dim subspaces of B's width.
+# Two kinds of emotion subspace (`lib.geometry.subspaces`), fit on the estimation half in both models:
+# `between`, the offset of the emotion's mean from the neutral mean (k = 1 per emotion; joint: the span
+# of the three offsets, k = 3), and `within`, the top `subspace_k` principal axes of the emotion's rows
+# around their own mean. Model A's subspace is carried into B's space by the selection half's
+# Procrustes map; bars are the mean principal angle in degrees; hatched bars the mean angle from the
+# same carried subspace to random subspaces drawn from B's own covariance (a null the high-variance
+# directions of an anisotropic representation cannot beat on their own).
 
 # %%
-step('emotion subspaces after alignment', 4, 4)
-angles = aligned_angles_by_pair(paired, best, k=subspace_k, seed=seed)
-fig = px.bar(angles.assign(pair=angles["model_a"] + " vs " + angles["model_b"]), x="subspace", y="mean_angle",
-             color="pair", barmode="group",
-             hover_data=["layer_a", "layer_b", "min_angle", "max_angle"],
-             title="Mean principal angle after Procrustes alignment (dotted: random subspaces)")
-fig.add_hline(y=float(angles["null_mean_angle"].mean()), line_dash="dot").update_yaxes(range=[0, 90]).show()
+long = angles.rename(columns={"mean_angle": "held-out angle", "null_mean_angle": "covariance null"}).melt(
+    id_vars=["pair", "subspace", "subspace_kind", "k"], value_vars=["held-out angle", "covariance null"],
+    var_name="measure", value_name="degrees")
+px.bar(long, x="subspace", y="degrees", color="pair", pattern_shape="measure", barmode="group",
+       facet_col="subspace_kind", range_y=[0, 90], hover_data=["k"],
+       title="Mean principal angle after Procrustes alignment, held-out subspaces, beside the covariance null").show()
+angles.round(1)
 
 # %% [markdown]
 # ## Save
 
 # %%
 cka.to_csv(out / "cka.csv", index=False)
+heldout.to_csv(out / "heldout_cka.csv", index=False)
 best.to_csv(out / "best_matches.csv", index=False)
+corr.to_csv(out / "correspondence.csv", index=False)
 proc.to_csv(out / "procrustes.csv", index=False)
 angles.to_csv(out / "aligned_angles.csv", index=False)
 matching.to_csv(out / "layer_matching.csv", index=False)
-timings.to_csv(out / "timings.csv", index=False)
-summary = alignment_summary(best, pairs, ("linear", "debiased"))
-save_summary(out, summary=summary, models=[stores[m, profiles[0]].manifest["identity"] for m in everyone])
+res.timings.to_csv(out / "timings.csv", index=False)
+summary = alignment_summary(heldout, pairs, variant=HEADLINE_VARIANT, kind=kind)
+findings = alignment_findings(heldout, angles, pairs, variant=HEADLINE_VARIANT, kind=kind,
+                              cka_figure="Held-out CKA of the chosen layers, beside the random-weights control",
+                              angles_figure="Emotion subspaces after alignment")
+save_summary(out, summary=summary, models=[stores[m, profiles[0]].manifest["identity"] for m in everyone],
+             splits=[split], findings=findings)
 display(Markdown(f"**Summary.** {summary}"))
 display(Markdown(provenance_markdown()))
 
 # %%
-assert cka["cka"].between(-0.2, 1 + 1e-6).all()
-assert cka.loc[cka["kind"] != "debiased", "cka"].between(0, 1 + 1e-6).all()
-assert cka["p_value"].dropna().between(0, 1).all()
-assert proc["procrustes"].between(0, 2 + 1e-6).all()
+assert cka["cka"].between(-1 - 1e-6, 1 + 1e-6).all()
+assert cka.loc[cka["kind"] != "debiased", "cka"].between(-1e-6, 1 + 1e-6).all()
+assert not set(selection) & set(estimation) and len(selection) + len(estimation) == len(groups)
+assert not set(groups[selection]) & set(groups[estimation])  # no text group in both halves
+top = heldout[heldout["kind"] == kind]
+assert (top["n_boot"] == n_boot).all() and (top["ci_low"] <= top["ci_high"]).all()
+assert heldout["p_value"].dropna().between(0, 1).all() and heldout["p_adjusted"].dropna().between(0, 1).all()
+assert proc["distance_selection"].between(0, MAX_DISTANCE + 1e-9).all()
+assert proc["distance_refit"].between(0, MAX_DISTANCE + 1e-9).all()
+assert proc["distance_heldout"].between(0, MAX_HELDOUT_DISTANCE + 1e-9).all()
+assert angles["mean_angle"].between(0, 90).all() and angles["null_mean_angle"].between(0, 90).all()
 assert matching["accuracy"].between(0, 1).all()
+assert findings and all(set(f) == {"question", "finding", "control", "figure"} for f in findings)

@@ -29,7 +29,8 @@ from lib.geometry.grams import KINDS, check_kind, gram_stack, kernel, normalised
 from lib.geometry.linalg import as_layers, as_matrix, centre, same_rows
 
 __all__ = ["KINDS", "linear_cka", "debiased_cka", "rbf_cka", "cka_matrix", "PermutationResult", "permutation_test",
-           "best_match_layers", "layer_matching_accuracy"]
+           "permutation_from_grams", "permutation_null_mean", "best_match_layers", "match_layers",
+           "layer_matching_accuracy"]
 
 _BLOCK = 6  # x-side layers whose Grams are held at once in cka_matrix (memory: (L2 + _BLOCK) * n^2 * 8 bytes)
 
@@ -145,14 +146,33 @@ def permutation_test(xs, ys, kind: str = "linear", *, n_perm: int = 1000, seed: 
     check_kind(kind, n)
     if n_perm < 1:
         raise ValueError(f"n_perm must be >= 1, got {n_perm}")
-    gx, gy = gram_stack(xs, kind, sigma_frac, "xs"), gram_stack(ys, kind, sigma_frac, "ys")
+    return permutation_from_grams(gram_stack(xs, kind, sigma_frac, "xs"), gram_stack(ys, kind, sigma_frac, "ys"),
+                                  n_perm=n_perm, seed=seed, dtype=dtype)
+
+
+def permutation_from_grams(gx: np.ndarray, gy: np.ndarray, *, n_perm: int = 1000, seed: int = 0,
+                           dtype: str = "float32") -> PermutationResult:
+    """``permutation_test`` from the layers' flattened normalised Grams (``gram_stack``), gx [L1, n*n] and
+    gy [L2, n*n], when they are already at hand.
+
+    >>> from lib.geometry.grams import gram_stack
+    >>> x = np.random.default_rng(0).standard_normal((20, 3))
+    >>> g = gram_stack([x], "linear", 0.8, "x")
+    >>> float(permutation_from_grams(g, g, n_perm=19).p_value[0, 0])
+    0.05
+    """
+    gx, gy = np.asarray(gx, dtype=np.float64), np.asarray(gy, dtype=np.float64)
+    n = int(round(np.sqrt(gx.shape[1])))
+    if gx.ndim != 2 or gy.ndim != 2 or n * n != gx.shape[1] or gy.shape[1] != gx.shape[1]:
+        raise ValueError(f"gx and gy must be stacks of flattened [n, n] Grams [L, n*n]; shapes {gx.shape}, {gy.shape}")
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
     observed = gx @ gy.T
-    swap = len(xs) < len(ys)
+    swap = len(gx) < len(gy)
     fixed, moved = (gy, gx) if swap else (gx, gy)
     iu, ju = np.triu_indices(n)  # <A, B> = sum_{i<=j} w_ij A_ij B_ij with w = 2 off the diagonal, 1 on it
     fixed = torch.from_numpy((fixed[:, iu * n + ju] * np.where(iu == ju, 1.0, 2.0)).astype(dtype))  # [L_f, m]
     moved = torch.from_numpy(np.ascontiguousarray(moved.T, dtype=dtype))  # [n*n, L_moved]: one gather per entry
-    del gx, gy
     rng = np.random.default_rng(seed)
     index = torch.int32 if n * n < 2 ** 31 else torch.int64  # int32 halves the traffic of building indices
     iu, ju = torch.from_numpy(iu).to(index), torch.from_numpy(ju).to(index)
@@ -168,6 +188,35 @@ def permutation_test(xs, ys, kind: str = "linear", *, n_perm: int = 1000, seed: 
     return PermutationResult(observed=observed, null=np.ascontiguousarray(null), p_value=p_value)
 
 
+def permutation_null_mean(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Exact mean [L1, L2] of the rows-unpaired permutation null of every layer pair, from flattened Grams gx
+    [L1, n*n] and gy [L2, n*n] (``gram_stack``), without permuting.
+
+    Over uniform permutations pi, E <K, L[pi][:, pi]> = tr K tr L / n + (s_K - tr K)(s_L - tr L) / (n (n - 1)),
+    s the sum of all entries. Double-centred Grams (linear, RBF) have s = 0, so the mean is tr K tr L / (n - 1):
+    for linear CKA, sqrt(PR_x PR_y) / (n - 1) with PR the participation ratio (sum lambda)^2 / sum lambda^2 of the
+    covariance spectrum, the chance level of linear CKA for these spectra (it is not 0). U-centred (debiased)
+    Grams have zero trace and zero sums: mean 0.
+
+    >>> from lib.geometry.grams import gram_stack
+    >>> x = np.random.default_rng(0).standard_normal((6, 2))
+    >>> g = gram_stack([x], "linear", 0.8, "x")
+    >>> perms = [np.random.default_rng(s).permutation(6) for s in range(4000)]
+    >>> exact = permutation_null_mean(g, g)[0, 0]
+    >>> shuffled = np.mean([g[0] @ g[0].reshape(6, 6)[p][:, p].ravel() for p in perms])
+    >>> bool(abs(exact - shuffled) < 0.01)
+    True
+    """
+    gx, gy = np.atleast_2d(np.asarray(gx, dtype=np.float64)), np.atleast_2d(np.asarray(gy, dtype=np.float64))
+    n = int(round(np.sqrt(gx.shape[1])))
+    if n * n != gx.shape[1] or gy.shape[1] != gx.shape[1] or n < 2:
+        raise ValueError(f"gx and gy must be stacks of flattened [n, n] Grams [L, n*n]; shapes {gx.shape}, {gy.shape}")
+    diag = np.arange(n) * (n + 1)
+    tx, ty = gx[:, diag].sum(1), gy[:, diag].sum(1)
+    off_x, off_y = gx.sum(1) - tx, gy.sum(1) - ty
+    return np.outer(tx, ty) / n + np.outer(off_x, off_y) / (n * (n - 1))
+
+
 def best_match_layers(m) -> np.ndarray:
     """For a similarity matrix m [L1, L2], the best-matching Y layer of each X layer (argmax per row, first on ties).
 
@@ -180,15 +229,37 @@ def best_match_layers(m) -> np.ndarray:
     return np.argmax(m, axis=1)
 
 
+def match_layers(m_a, m_b) -> tuple[float, np.ndarray]:
+    """Layer matching from two self-similarity matrices [L, L] of one model on two disjoint sets of texts:
+    layer i picks argmax_j corr(m_a[i], m_b[j]) (Pearson correlation of the rows). Returns (accuracy, picks [L]).
+
+    >>> m = np.array([[1.0, 0.5, 0.1], [0.5, 1.0, 0.4], [0.1, 0.4, 1.0]])
+    >>> match_layers(m, m + 0.01)[1].tolist()
+    [0, 1, 2]
+    """
+    rows = []
+    for m in (m_a, m_b):
+        m = np.array(m, dtype=np.float64)
+        if m.ndim != 2 or m.shape[0] != m.shape[1] or len(m) < 2:
+            raise ValueError(f"layer matching needs square similarity matrices of at least 2 layers; got {m.shape}")
+        m -= m.mean(1, keepdims=True)
+        rows.append(m / np.linalg.norm(m, axis=1, keepdims=True))
+    if rows[0].shape != rows[1].shape:
+        raise ValueError(f"m_a and m_b must have the same layers; shapes {rows[0].shape} and {rows[1].shape}")
+    picks = (rows[0] @ rows[1].T).argmax(1)
+    return float(np.mean(picks == np.arange(len(picks)))), picks
+
+
 def layer_matching_accuracy(xs, kind: str = "linear", seed: int = 0, *, sigma_frac: float = 0.8
                             ) -> tuple[float, np.ndarray]:
     """Fraction of layers whose CKA-similarity profile on one random half of the texts picks themselves on the other.
 
     Rows are split by ``np.random.default_rng(seed).permutation(n)`` into A (first n // 2) and B (the rest);
     M^A = cka_matrix(xs_A, xs_A), M^B likewise, both [L, L] (diagonals of 1 included). Layer i picks
-    pick_i = argmax_j corr(M^A_i, M^B_j), with corr the Pearson correlation of the two rows of length L;
-    accuracy = (1/L) sum_i [pick_i == i]. Returns (accuracy, picks [L]). A one-model stand-in for Kornblith et
-    al.'s check (which matches layers across two trainings); the shared diagonal of 1s makes it an easy test.
+    pick_i = argmax_j corr(M^A_i, M^B_j), with corr the Pearson correlation of the two rows of length L
+    (``match_layers``); accuracy = (1/L) sum_i [pick_i == i]. Returns (accuracy, picks [L]). A one-model
+    stand-in for Kornblith et al.'s check (which matches layers across two trainings); the shared diagonal of 1s
+    makes it an easy test.
 
     >>> g = torch.Generator().manual_seed(0)
     >>> z = torch.randn(300, 8, generator=g)
@@ -200,12 +271,9 @@ def layer_matching_accuracy(xs, kind: str = "linear", seed: int = 0, *, sigma_fr
     if len(layers) < 2:
         raise ValueError(f"layer matching needs at least 2 layers, got {len(layers)}")
     order = np.random.default_rng(seed).permutation(n)
-    rows = []
+    mats = []
     for half in (order[: n // 2], order[n // 2:]):
         check_kind(kind, len(half))
         g = gram_stack([x[half] for x in layers], kind, sigma_frac, "xs")
-        m = g @ g.T
-        m -= m.mean(1, keepdims=True)
-        rows.append(m / np.linalg.norm(m, axis=1, keepdims=True))
-    picks = (rows[0] @ rows[1].T).argmax(1)
-    return float(np.mean(picks == np.arange(len(layers)))), picks
+        mats.append(g @ g.T)
+    return match_layers(*mats)

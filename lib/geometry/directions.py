@@ -20,7 +20,7 @@ from lib.geometry.linalg import unit
 from lib.geometry.rows import Rows, class_rows, drop_missing
 
 __all__ = [
-    "METHODS", "diff_of_means", "top_components", "pca_direction", "orient", "emotion_directions",
+    "METHODS", "diff_of_means", "top_components", "top_singular", "pca_direction", "orient", "emotion_directions",
     "projections", "projection_summary", "cosine_matrix", "layer_cosines",
 ]
 
@@ -69,6 +69,8 @@ def diff_of_means(x, labels, emotion: str, against: str = BASELINE, *, return_co
 def top_components(x, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` principal axes of the column-centred finite ``x`` [n, d] by SVD: components [k, d] (unit
     rows, largest-magnitude entry positive) and explained-variance ratios [k] (of all variance, sum <= 1).
+    For few components of a large matrix (``k`` <= min(n, d) / 4, min(n, d) >= 64) a truncated SVD
+    (ARPACK, seeded) computes only those; the ratios divide by the total variance either way.
 
     >>> c, r = top_components(np.array([[0., 0.], [2., 0.], [4., 0.]]), 1)
     >>> c, r
@@ -78,14 +80,32 @@ def top_components(x, k: int) -> tuple[np.ndarray, np.ndarray]:
     if a.ndim != 2 or not np.isfinite(a).all():
         raise ValueError(f"top_components needs a finite 2-D x [n, d]; got shape {a.shape} "
                          f"with {int((~np.isfinite(a)).any(-1).sum()) if a.ndim == 2 else '?'} non-finite rows")
-    _, s, vt = np.linalg.svd(a - a.mean(0), full_matrices=False)
-    if not 1 <= k <= len(s):
-        raise ValueError(f"k={k} out of range: x of shape {a.shape} has 1..{len(s)} components")
-    power = s ** 2
-    if power.sum() == 0:
+    if not 1 <= k <= min(a.shape):
+        raise ValueError(f"k={k} out of range: x of shape {a.shape} has 1..{min(a.shape)} components")
+    s, vt = top_singular(a - a.mean(0), k)
+    total = float(np.square(a - a.mean(0)).sum())
+    if total == 0:
         raise ValueError(f"x of shape {a.shape} has zero variance; no principal axes")
-    vt = vt[:k] * np.sign(vt[np.arange(k), np.abs(vt[:k]).argmax(1)])[:, None]
-    return vt + 0.0, power[:k] / power.sum()
+    vt = vt * np.sign(vt[np.arange(k), np.abs(vt).argmax(1)])[:, None]
+    return vt + 0.0, s ** 2 / total
+
+
+def top_singular(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest singular values [k] (descending) and right singular vectors [k, d] of ``a`` [n, d]:
+    a truncated SVD (ARPACK, seeded) when ``k`` <= min(n, d) / 4 and min(n, d) >= 64, else the full SVD.
+
+    >>> s, vt = top_singular(np.diag([3.0, 1.0, 2.0]), 2)
+    >>> s.tolist(), np.abs(vt).tolist()
+    ([3.0, 2.0], [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    """
+    if min(a.shape) >= 64 and k <= min(a.shape) // 4:
+        from scipy.sparse.linalg import svds
+
+        _, s, vt = svds(a, k=k, rng=np.random.default_rng(0))
+        order = np.argsort(s)[::-1]
+        return s[order], vt[order]
+    _, s, vt = np.linalg.svd(a, full_matrices=False)
+    return s[:k], vt[:k]
 
 
 def orient(direction, x, labels, emotion: str, against: str = BASELINE) -> np.ndarray:

@@ -1,13 +1,16 @@
-"""Linear emotion probes: leakage-safe grouped cross-validation, chance controls, transfer and directions.
+"""Linear emotion probes: leakage-safe grouped cross-validation, score intervals over text groups, transfer
+and directions.
 
 Rows whose texts are near-identical form one group (``lib.geometry.folds``), and a group never spans a
 train and a test fold; otherwise a probe can score by memorising a text it has seen, not by reading
 the emotion. Probes are multinomial logistic regressions on features standardised within each
 training fold (a ``StandardScaler`` + ``LogisticRegression`` pipeline, optional PCA between them).
-Point estimates are computed once on the pooled out-of-fold predictions; their 95% intervals are a
-percentile bootstrap that resamples rows of those predictions (fixed seed). That interval ignores
-the fold-to-fold variance of refitting and the dependence within groups, so read it as a lower
-bound on the uncertainty; the Wilson interval for accuracy is given alongside for comparison.
+Point estimates are computed once on pooled out-of-fold predictions; their 95% intervals are a
+percentile bootstrap that resamples whole text groups of those predictions (``score_intervals``; one
+row per group when no groups are given). That interval ignores the fold-to-fold variance of refitting,
+so read it as a lower bound on the uncertainty; the Wilson interval for accuracy (rows treated as
+independent) is given alongside. Choosing a layer and scoring it on other rows is
+``lib.geometry.probe_selection``.
 
 >>> x, y = np.r_[np.zeros((20, 2)), np.ones((20, 2))], np.repeat(["anger", "neutral"], 20)
 >>> round(probe_cv(x + np.random.default_rng(0).normal(0, .1, (40, 2)), y, np.arange(40)).accuracy, 2)
@@ -28,12 +31,12 @@ from threadpoolctl import threadpool_limits
 
 from lib.emotions import EMOTIONS
 from lib.geometry.folds import grouped_folds
-from lib.stats.bootstrap import bootstrap, percentile_interval
+from lib.stats.bootstrap import group_bootstrap, group_codes, percentile_interval
 from lib.stats.intervals import wilson_interval
 
 __all__ = [
-    "MAX_ITER", "ProbeResult", "make_probe", "probe_cv", "shuffled_label_control",
-    "probe_by_layer", "fit_probe", "transfer_eval", "probe_direction", "class_weights", "bootstrap_ci",
+    "MAX_ITER", "ProbeResult", "make_probe", "probe_cv", "fit_probe", "transfer_eval", "probe_direction",
+    "class_weights", "bootstrap_ci", "score_intervals", "classes_of",
 ]
 
 # lbfgs at C=1, tol=1e-4 on standardised features: ~50-250 iterations on gemma3-270m sentence-end residuals
@@ -50,7 +53,7 @@ class ProbeResult:
 
     accuracy: float
     macro_f1: float
-    acc_ci: tuple[float, float]         # percentile bootstrap over rows of the out-of-fold predictions
+    acc_ci: tuple[float, float]         # percentile bootstrap over text groups of the out-of-fold predictions
     f1_ci: tuple[float, float]
     acc_wilson: tuple[float, float]     # Wilson score interval, rows treated as independent trials
     per_class_f1: pd.Series             # index: classes
@@ -59,7 +62,12 @@ class ProbeResult:
     classes: tuple = ()
 
 
-def _classes(y) -> list:
+def classes_of(y) -> list:
+    """The classes present in ``y``: in ``EMOTIONS`` order when all are emotions, else sorted.
+
+    >>> classes_of(["neutral", "anger", "anger"])
+    ['anger', 'neutral']
+    """
     present = set(np.asarray(y).tolist())
     return [e for e in EMOTIONS if e in present] if present <= set(EMOTIONS) else sorted(present)
 
@@ -85,32 +93,57 @@ def _scores_from_confusions(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tp.sum(axis=1) / cm.sum(axis=(1, 2)), f1.mean(axis=1)
 
 
-def bootstrap_ci(y_true, y_pred, classes=None, *, n_boot: int = 1000, seed: int = 0,
+def score_intervals(y_true, preds, classes=None, *, groups=None, n_boot: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> np.ndarray:
+    """Percentile bootstrap intervals of accuracy and macro-F1 for each of ``preds`` [m, n] (or one [n]) against
+    ``y_true`` [n], resampling whole ``groups`` (``lib.stats.bootstrap.group_bootstrap``; None: one row per
+    group); every prediction vector is scored on the same resamples. Returns [m, 2 (accuracy, macro-F1),
+    2 (low, high)].
+
+    >>> y = np.array(["a", "b"] * 20); g = np.arange(40) // 4
+    >>> score_intervals(y, [y, np.where(np.arange(40) < 20, y, "a")], groups=g, n_boot=200)[:, 0].round(2).tolist()
+    [[1.0, 1.0], [0.6, 0.9]]
+    """
+    y = np.asarray(y_true)
+    p = np.asarray(preds)
+    p = p[None] if p.ndim == 1 else p
+    if p.ndim != 2 or p.shape[1] != len(y):
+        raise ValueError(f"preds must be [m, n] with n = {len(y)} labels; got shape {p.shape}")
+    classes = list(classes) if classes is not None else classes_of(y)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(y.tolist()) - set(index)) + sorted(set(p.ravel().tolist()) - set(index))
+    if unknown:
+        raise ValueError(f"labels or predictions {unknown[:5]} are not among classes {classes}")
+    k, m, n = len(classes), p.shape[0], len(y)
+    t = np.array([index[v] for v in y.tolist()], dtype=np.int64)
+    codes = t[None] * k + np.vectorize(index.__getitem__, otypes=[np.int64])(p) + (np.arange(m) * k * k)[:, None]
+    onehot = np.zeros((n, m * k * k))
+    onehot[np.tile(np.arange(n), m), codes.ravel()] = 1.0  # row i's (true, predicted) cell in every vector
+
+    def scores(w):  # [b, n] item weights -> [b, m * 2] accuracy and macro-F1 per prediction vector
+        acc, f1 = _scores_from_confusions((w @ onehot).reshape(-1, k, k))
+        return np.stack([acc, f1], axis=1).reshape(len(w), m * 2)
+
+    reps = group_bootstrap(scores, group_codes(groups, n), n_boot=n_boot, seed=seed, block=200)
+    return np.moveaxis(percentile_interval(reps, level).reshape(2, m, 2), 0, -1)
+
+
+def bootstrap_ci(y_true, y_pred, classes=None, *, groups=None, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Percentile bootstrap intervals (accuracy, macro-F1) resampling rows of paired labels and predictions.
+    """``score_intervals`` of one prediction vector as ((accuracy low, high), (macro-F1 low, high)).
 
     >>> bootstrap_ci(["a", "b"] * 50, ["a", "b"] * 50)
     ((1.0, 1.0), (1.0, 1.0))
     """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    classes = list(classes) if classes is not None else _classes(y_true)
-    index = {c: i for i, c in enumerate(classes)}
-    k, n = len(classes), len(y_true)
-    codes = np.array([index[t] * k + index[p] for t, p in zip(y_true.tolist(), y_pred.tolist())], dtype=np.int64)
-
-    def scores(idx):  # [b, n] resampled rows -> [b, 2] accuracy and macro-F1 via one bincount
-        b = idx.shape[0]
-        flat = (codes[idx] + (np.arange(b) * k * k)[:, None]).ravel()
-        return np.stack(_scores_from_confusions(np.bincount(flat, minlength=b * k * k).reshape(b, k, k)), axis=1)
-
-    (acc_lo, f1_lo), (acc_hi, f1_hi) = percentile_interval(bootstrap(scores, n, n_boot=n_boot, seed=seed, block=200),
-                                                           level)
-    return (float(acc_lo), float(acc_hi)), (float(f1_lo), float(f1_hi))
+    (acc, f1), = score_intervals(y_true, [np.asarray(y_pred)], classes, groups=groups, n_boot=n_boot, seed=seed,
+                                 level=level)
+    return (float(acc[0]), float(acc[1])), (float(f1[0]), float(f1[1]))
 
 
 def probe_cv(x, y, groups, *, n_splits: int = 5, seed: int = 0, C: float = 1.0, max_iter: int = MAX_ITER,
              pca: int | None = None, n_boot: int = 1000, folds=None, n_jobs: int = 1) -> ProbeResult:
-    """Grouped, stratified k-fold CV of a probe on ``x`` [n, d]; scores pooled over the out-of-fold predictions.
+    """Grouped, stratified k-fold CV of a probe on ``x`` [n, d]; scores pooled over the out-of-fold predictions,
+    intervals resampling the ``groups``.
 
     ``folds`` (from ``grouped_folds``) may be passed to reuse them across layers; ``n_boot=0`` skips intervals;
     ``n_jobs`` fits that many folds at once in threads (same predictions). ``pca`` (default off) reduces the
@@ -138,89 +171,21 @@ def probe_cv(x, y, groups, *, n_splits: int = 5, seed: int = 0, C: float = 1.0, 
             outs = Parallel(n_jobs=n_jobs, backend="threading")(delayed(fit_predict)(tr, te) for tr, te in folds)
     for (_, test), out in zip(folds, outs):
         pred[test] = out
-    classes = _classes(y)
+    classes = classes_of(y)
     p, r, f1, _ = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
     codes_t = pd.Categorical(y, categories=classes).codes
     codes_p = pd.Categorical(pred, categories=classes).codes
     cm = np.bincount(codes_t * len(classes) + codes_p, minlength=len(classes) ** 2).reshape(len(classes), -1)
     acc = float((pred == y).mean())
     nan2 = (float("nan"), float("nan"))
-    acc_ci, f1_ci = bootstrap_ci(y, pred, classes, n_boot=n_boot, seed=seed) if n_boot else (nan2, nan2)
+    acc_ci, f1_ci = (bootstrap_ci(y, pred, classes, groups=groups, n_boot=n_boot, seed=seed) if n_boot
+                    else (nan2, nan2))
     return ProbeResult(accuracy=acc, macro_f1=float(f1.mean()), acc_ci=acc_ci, f1_ci=f1_ci,
                        acc_wilson=wilson_interval(int((pred == y).sum()), len(y)),
                        per_class_f1=pd.Series(f1, index=classes, name="f1"),
                        confusion=pd.DataFrame(cm, index=pd.Index(classes, name="true"),
                                               columns=pd.Index(classes, name="pred")),
                        oof_pred=pred, classes=tuple(classes))
-
-
-def shuffled_label_control(x, y, groups, *, n_repeats: int = 5, n_splits: int = 5, seed: int = 0,
-                           **cv_kwargs) -> dict:
-    """Chance check: ``probe_cv`` with labels permuted over all rows (seeded), summarised over repeats.
-
-    Returns accuracy/macro-F1 mean and sd, the per-repeat values, and the majority-class rate for reference.
-
-    >>> rng = np.random.default_rng(0); y = np.repeat(["anger", "neutral"], 50)
-    >>> s = shuffled_label_control(rng.normal(size=(100, 3)), y, np.arange(100), n_repeats=2)
-    >>> abs(s["accuracy_mean"] - .5) < .2
-    True
-    """
-    return _shuffled_summary(x, y, _permutations(y, groups, n_repeats, seed, n_splits), seed=seed, **cv_kwargs)
-
-
-def _permutations(y, groups, n_repeats: int, seed: int, n_splits: int) -> list[tuple[np.ndarray, list]]:
-    """(permuted labels, their grouped folds) per repeat: computed once, shared by every layer."""
-    y, rng = np.asarray(y), np.random.default_rng(seed)
-    perms = [rng.permutation(y) for _ in range(n_repeats)]
-    return [(p, grouped_folds(p, groups, n_splits, seed)) for p in perms]
-
-
-def _shuffled_summary(x, y, perms, *, seed: int, **cv_kwargs) -> dict:
-    cv_kwargs.pop("n_boot", None)
-    runs = [probe_cv(x, yp, None, seed=seed, n_boot=0, folds=f, **cv_kwargs) for yp, f in perms]
-    acc, f1 = np.array([r.accuracy for r in runs]), np.array([r.macro_f1 for r in runs])
-    sd = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0)
-    return {"accuracy_mean": float(acc.mean()), "accuracy_sd": sd(acc), "macro_f1_mean": float(f1.mean()),
-            "macro_f1_sd": sd(f1), "accuracies": acc, "macro_f1s": f1,
-            "majority": float(pd.Series(np.asarray(y)).value_counts(normalize=True).iloc[0])}
-
-
-def probe_by_layer(xs, y, groups, *, layers=None, variant: str = "", shuffled_repeats: int = 0, n_splits: int = 5,
-                   seed: int = 0, progress: bool = False, **cv_kwargs) -> pd.DataFrame:
-    """Tidy table of ``probe_cv`` over per-layer matrices ``xs`` ([n, d] each), one row per layer and label kind.
-
-    Columns: layer, variant (the caller's tag, e.g. the reduction, so tables concatenate), labels ("true", and
-    "shuffled" when ``shuffled_repeats`` > 0), accuracy, acc_lo, acc_hi, macro_f1, f1_lo, f1_hi. Shuffled rows
-    hold means over repeats with lo/hi = mean -/+ 2 sd. Folds are computed once and shared by all layers.
-
-    >>> rng = np.random.default_rng(0); y = np.repeat(["anger", "neutral"], 20)
-    >>> probe_by_layer([rng.normal(size=(40, 2))] * 2, y, np.arange(40), n_splits=2, n_boot=10).shape
-    (2, 9)
-    """
-    y = np.asarray(y)
-    layers = list(range(len(xs))) if layers is None else list(layers)
-    if len(layers) != len(xs):
-        raise ValueError(f"got {len(xs)} layer matrices but {len(layers)} layer names")
-    folds = grouped_folds(y, groups, n_splits, seed)
-    perms = _permutations(y, groups, shuffled_repeats, seed, n_splits)
-    items = zip(layers, xs)
-    if progress:
-        from lib.settings import progress_bar
-
-        items = progress_bar(items, total=len(layers), desc="probe layers", leave=False)
-    rows = []
-    for layer, x in items:
-        r = probe_cv(x, y, groups, n_splits=n_splits, seed=seed, folds=folds, **cv_kwargs)
-        rows.append({"layer": layer, "variant": variant, "labels": "true", "accuracy": r.accuracy,
-                     "acc_lo": r.acc_ci[0], "acc_hi": r.acc_ci[1], "macro_f1": r.macro_f1, "f1_lo": r.f1_ci[0],
-                     "f1_hi": r.f1_ci[1]})
-        if shuffled_repeats:
-            s = _shuffled_summary(x, y, perms, seed=seed, **cv_kwargs)
-            m, sd, fm, fsd = s["accuracy_mean"], s["accuracy_sd"], s["macro_f1_mean"], s["macro_f1_sd"]
-            rows.append({"layer": layer, "variant": variant, "labels": "shuffled", "accuracy": m, "acc_lo": m - 2 * sd,
-                         "acc_hi": m + 2 * sd, "macro_f1": fm, "f1_lo": fm - 2 * fsd, "f1_hi": fm + 2 * fsd})
-    return pd.DataFrame(rows, columns=["layer", "variant", "labels", "accuracy", "acc_lo", "acc_hi", "macro_f1",
-                                       "f1_lo", "f1_hi"])
 
 
 def fit_probe(x, y, *, C: float = 1.0, max_iter: int = MAX_ITER, pca: int | None = None, seed: int = 0) -> Pipeline:

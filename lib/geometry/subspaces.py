@@ -1,8 +1,17 @@
-"""Emotion subspaces: variance-threshold subspaces of the offsets from the neutral mean, principal angles
-between subspaces, the random-subspace reference, and stability across data sets and random halves.
+"""Emotion subspaces that keep the mean offset apart from the within-class spread, principal angles between
+subspaces, and two chance references for comparing subspace fits: uniformly random subspaces, and random
+subspaces drawn from the data's own covariance.
 
 Inputs are activations ``x`` [n_rows, d] and ``labels`` as in ``lib.geometry.rows`` (NaN rows dropped).
-Angles are in radians, ascending.
+Angles are in radians, ascending. Two kinds of subspace (``KINDS``), and what ``k`` counts in each:
+
+- ``within``: the top principal axes of the rows of one emotion centred on that emotion's own mean (joint:
+  the three emotions' rows, each centred on its own mean, stacked); ``k`` is the fewest axes reaching
+  ``var_threshold`` of the within-class variance. The offset from neutral is not inside.
+- ``between``: the span of the class-mean offsets, emotion mean minus neutral mean (one emotion: its offset
+  direction, k = 1; joint: the three offsets, k <= 3 by the same threshold on their squared norm).
+
+Every fit carries the offsets (``Subspace.offsets`` [emotions, d], ``offset_norms``).
 
 >>> t = 0.3
 >>> principal_angles(np.eye(3)[:, :2], np.array([[1, 0], [0, np.cos(t)], [0, np.sin(t)]])).round(6)
@@ -10,80 +19,120 @@ array([0. , 0.3])
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from lib.emotions import BASELINE, TARGET_EMOTIONS
+from lib.geometry.directions import top_singular
 from lib.geometry.linalg import orthonormal_basis
 from lib.geometry.rows import Rows, class_rows, drop_missing
 
 __all__ = [
-    "Subspace", "Stability", "emotion_subspace", "joint_subspace", "principal_angles", "random_subspace_angles",
-    "subspace_stability", "split_half_stability",
+    "KINDS", "Subspace", "emotion_subspace", "joint_subspace", "fit_rows", "centred_rows", "principal_angles",
+    "random_subspace_angles", "covariance_subspace_angles",
 ]
 
+KINDS = ("within", "between")
 _TOL = 1e-12  # slack on variance thresholds, so a share of exactly 0.8 reaches a threshold of 0.8
 
 
 class Subspace(NamedTuple):
-    """basis [d, k] orthonormal columns; k; explained [r] cumulative share of the fitted rows' squared norm."""
+    """basis [d, k] orthonormal columns; k; explained [r] cumulative share of what ``kind`` measures (within-class
+    variance, or the offsets' squared norm) over the r axes computed (all when k came from the threshold, the
+    first k when k was given); kind; offsets [emotions, d] (emotion mean - neutral mean)."""
     basis: np.ndarray
     k: int
     explained: np.ndarray
+    kind: str = "within"
+    offsets: np.ndarray | None = None
+
+    @property
+    def offset_norms(self) -> np.ndarray:
+        """Euclidean norm of each emotion's offset from the neutral mean [emotions]."""
+        return np.linalg.norm(self.offsets, axis=1) if self.offsets is not None else np.array([])
 
 
-def _fit_subspace(offsets: np.ndarray, var_threshold: float, max_k: int | None, k: int | None) -> Subspace:
-    """Uncentred PCA of ``offsets`` [n, d] (rows already minus the neutral mean)."""
+def _fit_subspace(a: np.ndarray, var_threshold: float, max_k: int | None, k: int | None, kind: str,
+                  offsets: np.ndarray, what: str) -> Subspace:
+    """Principal axes of ``a`` [n, d] (rows already centred, or offsets), uncentred SVD."""
     if not 0 < var_threshold <= 1:
         raise ValueError(f"var_threshold must be in (0, 1]; got {var_threshold}")
-    _, s, vt = np.linalg.svd(offsets, full_matrices=False)
-    power = s ** 2
-    if power.sum() == 0:
-        raise ValueError(f"rows of shape {offsets.shape} all equal the neutral mean; no subspace")
-    explained = np.cumsum(power) / power.sum()
-    if k is None:
-        k = int(np.argmax(explained >= var_threshold - _TOL)) + 1
-        k = min(k, max_k) if max_k else k
-    if not 1 <= k <= len(s):
-        raise ValueError(f"k={k} out of range: {offsets.shape[0]} rows in d={offsets.shape[1]} give 1..{len(s)}")
-    return Subspace(vt[:k].T.copy(), int(k), explained)
+    total = float(np.square(a).sum())
+    if total == 0:
+        raise ValueError(f"{what}: the {a.shape[0]} rows of shape {a.shape} have no spread; no subspace")
+    if k is not None:
+        if not 1 <= k <= min(a.shape):
+            raise ValueError(f"{what}: k={k} out of range: {a.shape[0]} rows in d={a.shape[1]} give 1..{min(a.shape)}")
+        s, vt = top_singular(a, int(k))
+        return Subspace(vt.T.copy(), int(k), np.cumsum(s ** 2) / total, kind, offsets)
+    _, s, vt = np.linalg.svd(a, full_matrices=False)
+    explained = np.cumsum(s ** 2) / total
+    k = int(np.argmax(explained >= var_threshold - _TOL)) + 1
+    k = min(k, max_k) if max_k else k
+    return Subspace(vt[:k].T.copy(), int(k), explained, kind, offsets)
 
 
-def _offsets(rows: Rows, emotions, baseline: str, context: str) -> np.ndarray:
-    base = class_rows(rows, baseline, context).mean(0)
-    return np.vstack([class_rows(rows, e, context) for e in emotions]) - base
+def _offsets(rows: Rows, emotions, context: str) -> np.ndarray:
+    base = class_rows(rows, BASELINE, context).mean(0)
+    return np.stack([class_rows(rows, e, context).mean(0) - base for e in emotions])
+
+
+def centred_rows(rows: Rows, classes, context: str) -> np.ndarray:
+    """The rows of ``classes`` stacked, each centred on its own class mean [m, d] (the within-class spread).
+
+    >>> centred_rows(drop_missing(np.array([[1., 0.], [3., 0.], [5., 5.]]), ["a", "a", "b"]), ["a"], "demo")
+    array([[-1.,  0.],
+           [ 1.,  0.]])
+    """
+    return np.vstack([(xs := class_rows(rows, c, context)) - xs.mean(0) for c in classes])
+
+
+def fit_rows(rows: Rows, emotion: str | None = None, *, kind: str = "within", var_threshold: float = 0.9,
+             max_k: int | None = None, k: int | None = None, emotions=TARGET_EMOTIONS) -> Subspace:
+    """``emotion_subspace`` of ``emotion`` (``joint_subspace`` of ``emotions`` when None) on checked ``Rows``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; valid kinds: {KINDS}")
+    ems = tuple(emotions) if emotion is None else (emotion,)
+    what = f"joint_subspace(kind={kind!r})" if emotion is None else f"emotion_subspace({emotion!r}, kind={kind!r})"
+    offsets = _offsets(rows, ems, what)
+    if kind == "within":
+        return _fit_subspace(centred_rows(rows, ems, what), var_threshold, max_k, k, kind, offsets, what)
+    if emotion is not None and k not in (None, 1):
+        raise ValueError(f"{what}: one emotion's between-class subspace is its offset direction, k = 1; got k={k}")
+    return _fit_subspace(offsets, var_threshold, max_k, 1 if emotion is not None else k, kind, offsets, what)
 
 
 def emotion_subspace(x, labels, emotion: str, var_threshold: float = 0.9, max_k: int | None = None, *,
-                     k: int | None = None) -> Subspace:
-    """Span of the top-k right singular vectors of the ``emotion`` rows minus the neutral mean (uncentred, so
-    the mean offset is included); k is the smallest whose cumulative share of squared norm reaches
-    ``var_threshold`` (capped at ``max_k``), unless ``k`` is given. Returns Subspace(basis [d, k], k, explained).
+                     k: int | None = None, kind: str = "within") -> Subspace:
+    """One emotion's subspace. ``within`` (default): the top-k principal axes of the emotion's rows centred on
+    their own mean, k the fewest whose cumulative share of the within-class variance reaches ``var_threshold``
+    (capped at ``max_k``) unless ``k`` is given; ``between``: the unit offset (emotion mean - neutral mean),
+    k = 1. ``offsets`` holds the offset either way. Returns Subspace(basis [d, k], k, explained, kind, offsets).
 
-    >>> x = np.array([[0., 0.], [0., 0.], [2., 0.1], [3., -0.1]])
+    >>> x = np.array([[0., 0.], [0., 0.], [5., 0.1], [5., -0.1]])
     >>> s = emotion_subspace(x, ["neutral"] * 2 + ["anger"] * 2, "anger")
-    >>> s.k, s.basis.shape
-    (1, (2, 1))
+    >>> s.k, np.abs(s.basis).ravel().round(3).tolist(), s.offset_norms.round(3).tolist()  # spread: y; offset: x
+    (1, [0.0, 1.0], [5.0])
     """
-    rows = drop_missing(x, labels)
-    return _fit_subspace(_offsets(rows, [emotion], BASELINE, f"emotion_subspace({emotion!r})"),
-                         var_threshold, max_k, k)
+    return fit_rows(drop_missing(x, labels), emotion, kind=kind, var_threshold=var_threshold, max_k=max_k, k=k)
 
 
 def joint_subspace(x, labels, var_threshold: float = 0.9, max_k: int | None = None, *, emotions=TARGET_EMOTIONS,
-                   k: int | None = None) -> Subspace:
-    """As ``emotion_subspace`` but fit on the rows of all ``emotions`` stacked (each row weighted equally),
-    minus the neutral mean. Returns Subspace(basis [d, k], k, explained).
+                   k: int | None = None, kind: str = "within") -> Subspace:
+    """The subspace of all ``emotions`` together. ``within`` (default): principal axes of the pooled within-class
+    spread (each emotion's rows centred on its own mean, stacked; each row weighted equally), k as in
+    ``emotion_subspace``; ``between``: the span of the emotions' offsets from the neutral mean, k (at most the
+    number of emotions) the fewest axes reaching ``var_threshold`` of their squared norm unless given.
 
-    >>> x = np.array([[0., 0.], [0., 0.], [2., 0.], [2., 0.], [0., 2.], [0., 2.]])
-    >>> joint_subspace(x, ["neutral"] * 2 + ["anger"] * 2 + ["apology"] * 2, emotions=("anger", "apology")).k
+    >>> x = np.array([[0., 0.], [0., 0.], [2., 0.], [2., 0.], [0., 2.], [0., 2.1]])
+    >>> labs = ["neutral"] * 2 + ["anger"] * 2 + ["apology"] * 2
+    >>> joint_subspace(x, labs, emotions=("anger", "apology"), kind="between").k
     2
     """
-    rows = drop_missing(x, labels)
-    return _fit_subspace(_offsets(rows, emotions, BASELINE, "joint_subspace"), var_threshold, max_k, k)
+    return fit_rows(drop_missing(x, labels), None, kind=kind, var_threshold=var_threshold, max_k=max_k, k=k,
+                    emotions=emotions)
 
 
 def principal_angles(a, b) -> np.ndarray:
@@ -106,9 +155,29 @@ def principal_angles(a, b) -> np.ndarray:
     return np.where(cos ** 2 >= 0.5, np.arcsin(sin), np.arccos(cos))
 
 
+def _batched_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``principal_angles`` of many pairs at once: a, b [s, d, k] (full column rank) -> [s, k] ascending."""
+    qa, qb = np.linalg.qr(a)[0], np.linalg.qr(b)[0]
+    cross = np.swapaxes(qa, 1, 2) @ qb  # [s, k, k]
+    cos = np.clip(np.linalg.svd(cross, compute_uv=False), 0.0, 1.0)
+    sin = np.clip(np.linalg.svd(qb - qa @ cross, compute_uv=False)[:, ::-1], 0.0, 1.0)
+    return np.where(cos ** 2 >= 0.5, np.arcsin(sin), np.arccos(cos))
+
+
+@lru_cache(maxsize=64)
+def _uniform(d: int, k_a: int, k_b: int, n_samples: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    draws = [(rng.standard_normal((d, k_a)), rng.standard_normal((d, k_b))) for _ in range(n_samples)]
+    if k_a != k_b:
+        return np.stack([principal_angles(a, b) for a, b in draws])
+    return _batched_angles(np.stack([a for a, _ in draws]), np.stack([b for _, b in draws]))
+
+
 def random_subspace_angles(d: int, k_a: int, k_b: int, n_samples: int = 200, seed: int = 0) -> np.ndarray:
     """Principal angles [n_samples, min(k_a, k_b)] (ascending per row) between pairs of uniformly random
-    subspaces of dimensions ``k_a`` and ``k_b`` in R^d: the chance reference for stability.
+    subspaces of dimensions ``k_a`` and ``k_b`` in R^d (sample i draws a [d, k_a] then a [d, k_b] Gaussian;
+    results are cached per arguments). Any two subspaces of an anisotropic cloud beat this reference;
+    ``covariance_subspace_angles`` is the one a fit has to beat.
 
     >>> a = random_subspace_angles(100, 2, 2, n_samples=50)
     >>> a.shape, round(float(a.mean()), 1)
@@ -116,84 +185,25 @@ def random_subspace_angles(d: int, k_a: int, k_b: int, n_samples: int = 200, see
     """
     if not (1 <= k_a <= d and 1 <= k_b <= d):
         raise ValueError(f"need 1 <= k_a, k_b <= d; got d={d}, k_a={k_a}, k_b={k_b}")
-    rng = np.random.default_rng(seed)
-    return np.stack([principal_angles(rng.standard_normal((d, k_a)), rng.standard_normal((d, k_b)))
-                     for _ in range(n_samples)])
+    return _uniform(int(d), int(k_a), int(k_b), int(n_samples), int(seed)).copy()
 
 
-@dataclass(frozen=True)
-class Stability:
-    """Principal angles [n_fits, k] between paired subspace fits, and the same [n_null, k] for random subspaces."""
-    angles: np.ndarray
-    null: np.ndarray
-    k: int
+def covariance_subspace_angles(rows_a, rows_b, k: int, n_samples: int = 200, seed: int = 0) -> np.ndarray:
+    """Principal angles [n_samples, k] between pairs of random k-dim subspaces drawn from the data's own
+    covariance: span(A^T G) against span(B^T G'), G and G' standard Gaussian, A [n_a, d] and B [n_b, d] the
+    centred rows (e.g. ``centred_rows`` of two halves). Directions of large variance are drawn more often, so
+    two draws from an anisotropic cloud are much closer than two uniform subspaces: the chance reference a
+    stable subspace has to beat.
 
-    @property
-    def table(self) -> pd.DataFrame:
-        """One row per paired fit: split, k, mean_angle, max_angle (radians)."""
-        return pd.DataFrame({"split": np.arange(len(self.angles)), "k": self.k,
-                             "mean_angle": self.angles.mean(1), "max_angle": self.angles.max(1)})
-
-    def summary(self) -> dict:
-        """Mean over fits of the mean and largest angle, beside the same for random subspaces."""
-        return {"k": self.k, "mean_angle": float(self.angles.mean()), "max_angle": float(self.angles.max(1).mean()),
-                "null_mean_angle": float(self.null.mean()), "null_max_angle": float(self.null.max(1).mean()),
-                "null_mean_angle_p05": float(np.quantile(self.null.mean(1), 0.05))}
-
-
-def _fit(rows: Rows, emotion, var_threshold, max_k, k) -> Subspace:
-    emotions = TARGET_EMOTIONS if emotion is None else (emotion,)
-    context = "joint_subspace" if emotion is None else f"emotion_subspace({emotion!r})"
-    return _fit_subspace(_offsets(rows, emotions, BASELINE, context), var_threshold, max_k, k)
-
-
-def subspace_stability(x1, labels1, x2, labels2, *, emotion: str | None = None, var_threshold: float = 0.9,
-                       max_k: int | None = None, k: int | None = None, n_null: int = 200, seed: int = 0) -> Stability:
-    """Principal angles between the subspace fit on (x1, labels1) and on (x2, labels2) (e.g. baseline vs
-    extended profile): ``emotion_subspace`` of ``emotion``, or ``joint_subspace`` when None; both use ``k``,
-    by default the larger of the two threshold k's. Returns Stability with angles [1, k].
-
-    >>> rng = np.random.default_rng(0)
-    >>> x = np.r_[np.zeros((4, 3)), [[5, 0, 0]] * 4 + rng.normal(0, .01, (4, 3))]
-    >>> labs = ["neutral"] * 4 + ["anger"] * 4
-    >>> s = subspace_stability(x, labs, x + 0.01, labs, emotion="anger", n_null=10)
-    >>> s.k, bool(s.angles.max() < 0.01)
-    (1, True)
+    >>> rng = np.random.default_rng(0); a = rng.normal(size=(200, 50)) * np.r_[10, 10, np.ones(48) * .1]
+    >>> float(covariance_subspace_angles(a, a, 2, 20).mean()) < 0.2 < float(random_subspace_angles(50, 2, 2, 20).mean())
+    True
     """
-    r1, r2 = drop_missing(x1, labels1), drop_missing(x2, labels2)
-    if k is None:
-        k = max(_fit(r1, emotion, var_threshold, max_k, None).k, _fit(r2, emotion, var_threshold, max_k, None).k)
-    a, b = _fit(r1, emotion, var_threshold, max_k, k), _fit(r2, emotion, var_threshold, max_k, k)
-    null = random_subspace_angles(r1.x.shape[1], k, k, n_null, seed)
-    return Stability(principal_angles(a.basis, b.basis)[None], null, k)
-
-
-def split_half_stability(x, labels, *, emotion: str | None = None, var_threshold: float = 0.9,
-                         max_k: int | None = None, k: int | None = None, n_splits: int = 10, seed: int = 0,
-                         n_null: int = 200) -> Stability:
-    """Principal angles between subspaces fit on two disjoint random halves of the rows (stratified: each
-    emotion and neutral split in half; an odd row left out), ``n_splits`` times; ``k`` defaults to the threshold
-    k of the fit on all rows. The null is random subspaces of the same k and d. Returns Stability [n_splits, k].
-
-    >>> rng = np.random.default_rng(0)
-    >>> x = np.r_[rng.normal(0, .1, (8, 5)), [[5, 0, 0, 0, 0]] * 8 + rng.normal(0, .1, (8, 5))]
-    >>> s = split_half_stability(x, ["neutral"] * 8 + ["anger"] * 8, emotion="anger", n_splits=3)
-    >>> s.angles.shape, bool(s.summary()["max_angle"] < 0.1 < s.summary()["null_mean_angle"])
-    ((3, 1), True)
-    """
-    rows = drop_missing(x, labels)
-    if k is None:
-        k = _fit(rows, emotion, var_threshold, max_k, None).k
-    classes = (*(TARGET_EMOTIONS if emotion is None else (emotion,)), BASELINE)
+    a, b = np.asarray(rows_a, dtype=np.float64), np.asarray(rows_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not 1 <= k <= min(a.shape[1], len(a), len(b)):
+        raise ValueError(f"need centred rows [n_a, d] and [n_b, d] with 1 <= k <= min(n_a, n_b, d); got "
+                         f"{a.shape}, {b.shape}, k={k}")
     rng = np.random.default_rng(seed)
-    angles = []
-    for _ in range(n_splits):
-        half_a, half_b = [], []
-        for c in classes:
-            idx = rng.permutation(np.flatnonzero(rows.emotion == c))
-            half_a.append(idx[: len(idx) // 2])
-            half_b.append(idx[len(idx) // 2: 2 * (len(idx) // 2)])
-        fits = [_fit(Rows(rows.x[i], rows.emotion[i], i, {}), emotion, var_threshold, max_k, k)
-                for i in (np.concatenate(half_a), np.concatenate(half_b))]
-        angles.append(principal_angles(fits[0].basis, fits[1].basis))
-    return Stability(np.stack(angles), random_subspace_angles(rows.x.shape[1], k, k, n_null, seed), k)
+    da = (a.T @ rng.standard_normal((len(a), k * n_samples))).reshape(a.shape[1], n_samples, k)
+    db = (b.T @ rng.standard_normal((len(b), k * n_samples))).reshape(b.shape[1], n_samples, k)
+    return _batched_angles(da.transpose(1, 0, 2), db.transpose(1, 0, 2))

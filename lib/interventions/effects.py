@@ -1,8 +1,12 @@
-"""Effects of head sets: readout metrics with sets of heads intervened on together, random control sets,
-the ranking of heads by an effect, and the comparison of a top set with random sets.
+"""Effects of head sets: readout metrics with sets of heads intervened on together (the naive reference,
+one TransformerLens forward per set; ``lib.interventions.sweep.sets_fast`` is the fast path), random
+control sets, the ranking of heads by an effect, and the comparison of a chosen set with random sets.
 
-Sets (top-k, random controls) are intervened on through TransformerLens' ``attn.hook_z`` (one full
-forward per set); generation with the same sets is ``lib.interventions.generation``.
+A set chosen on one half of the prompts is compared with random sets of the same size on the other
+half: ``compare_with_random`` gives the chosen set's mean change with a bootstrap interval over prompts
+(resampling text groups), the random sets' band, and the permutation p-value, whose floor is
+1 / (1 + random sets). Generated text, with fewer random sets, gets ``band_vs_random``: the same
+comparison without a p-value.
 
 >>> rank_heads(np.array([[0.1, 0.5], [0.3, 0.5]]))
 [(0, 1), (1, 1), (1, 0), (0, 0)]
@@ -19,8 +23,12 @@ from lib.interventions.readout import Readout, class_index, readout_metrics
 from lib.stats.bootstrap import mean_ci, paired_difference
 from lib.stats.permutation import permutation_p
 
-__all__ = ["set_metrics", "topk_curve", "random_head_sets", "rank_heads", "set_conditions", "condition_summary",
-           "top_vs_random"]
+__all__ = ["set_metrics", "random_head_sets", "rank_heads", "set_conditions", "condition_summary", "compare_with_random",
+           "band_vs_random", "ALTERNATIVE"]
+
+# The direction an intervention is expected to move the emotion's readout: ablation lowers it (the chosen set
+# should lower it more than random sets), patching emotion -> neutral raises it.
+ALTERNATIVE = {"ablate": "less", "patch": "greater"}
 
 
 def set_metrics(lm, input_ids: torch.Tensor, readout: Readout, heads, mode: str | None, *, positions: str = "all",
@@ -34,24 +42,6 @@ def set_metrics(lm, input_ids: torch.Tensor, readout: Readout, heads, mode: str 
     logits, cache = run_with_hooks_cached(lm, input_ids, None, hooks, [name])
     res = readout_metrics(cache[name][:, -1], logits[:, -1], readout)
     return {k: v.cpu().numpy() for k, v in res.items()}
-
-
-def topk_curve(lm, input_ids: torch.Tensor, readout: Readout, ranked: list[tuple[int, int]], ks, cls: str, *,
-               mean_z, **labels) -> pd.DataFrame:
-    """For each k in ``ks`` (up to ``len(ranked)``): the first k heads of ``ranked`` mean-ablated together,
-    the drop in the probe's ``cls`` probability and the change in ``cls``'s continuation log-probability
-    (means over prompts), one row per k."""
-    ci = class_index(readout, cls)
-    clean = set_metrics(lm, input_ids, readout, [], None)
-    curve = []
-    for k in [k for k in ks if k <= len(ranked)]:
-        m = set_metrics(lm, input_ids, readout, ranked[:k], "mean", mean_z=mean_z)
-        ei = list(readout.continuations).index(cls) if "logprob" in m else None
-        curve.append({"k": k, "heads": format_heads(ranked[:k]),
-                      "drop": float((clean["probs"][:, ci] - m["probs"][:, ci]).mean()),
-                      "logprob_change": float((m["logprob"][:, ei] - clean["logprob"][:, ei]).mean())
-                      if "logprob" in m else np.nan, **labels})
-    return pd.DataFrame(curve)
 
 
 def random_head_sets(n_layers: int, n_heads: int, k: int, n_sets: int, seed: int) -> list[list[tuple[int, int]]]:
@@ -72,7 +62,7 @@ def rank_heads(effect: np.ndarray) -> list[tuple[int, int]]:
 
 def set_conditions(top: list, random_sets: list) -> list[tuple[str, list | None, str | None]]:
     """(condition, heads, kind) of a comparison of sets: the baseline (no heads, kind None), the top set
-    (kind "top", as ``top_vs_random`` reads it) and each random set (kind "random").
+    (kind "top", as ``band_vs_random`` reads it) and each random set (kind "random").
 
     >>> [c for c, _, _ in set_conditions([(0, 1)], [[(1, 1)], [(0, 0)]])]
     ['baseline', 'top-1', 'random 0', 'random 1']
@@ -103,23 +93,52 @@ def condition_summary(rows: pd.DataFrame, base: pd.DataFrame, metrics, *, interv
     return out
 
 
-def top_vs_random(rows: pd.DataFrame, base: pd.DataFrame, metrics, top: list[tuple[int, int]], *, intervention: str,
-                  sign: int, **labels) -> list[dict]:
-    """Per metric: the ``kind == "top"`` condition's mean change from ``base`` (times ``sign``, so larger is the
-    expected direction) against the same for every ``kind == "random"`` condition, with the permutation p
-    (1 + #random >= top) / (1 + random sets)."""
-    effects = {}  # condition -> {metric: signed mean change}, in the order of rows
-    kinds = {}
+def _band(null_means: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.quantile(null_means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def compare_with_random(top: np.ndarray, null: np.ndarray, *, alternative: str, groups=None, seed: int = 0,
+                        level: float = 0.95) -> dict:
+    """A chosen set's per-prompt changes ``top`` [n] against ``null`` [R, n], the same prompts' changes under R
+    random sets: ``change`` (the mean) with its bootstrap interval over prompts (``groups``: text groups,
+    resampled whole), ``random_mean`` and the random sets' central ``level`` band of mean changes, and the
+    permutation p-value of the chosen mean among the random means (``alternative`` "less": the chosen set
+    lowers the metric more; "greater": raises it more), whose smallest value is 1 / (R + 1).
+
+    >>> r = compare_with_random(np.array([-2.0, -3.0]), np.array([[0.0, 1.0], [-1.0, 0.0], [0.5, 0.5]]),
+    ...                         alternative="less")
+    >>> r["change"], r["random_mean"], r["p_value"], r["n_random"]
+    (-2.5, 0.16666666666666666, 0.25, 3)
+    """
+    top, null = np.asarray(top, dtype=float), np.atleast_2d(np.asarray(null, dtype=float))
+    if null.shape[1] != top.shape[0]:
+        raise ValueError(f"null has {null.shape[1]} prompts per set, the chosen set {top.shape[0]}; pair them")
+    ci = mean_ci(top, seed=seed, level=level, groups=groups)
+    means = null.mean(1)
+    lo, hi = _band(means, level)
+    return {"change": ci["mean"], "change_lo": ci["ci_low"], "change_hi": ci["ci_high"], "n_prompts": ci["n"],
+            "random_mean": float(means.mean()), "random_lo": lo, "random_hi": hi, "n_random": int(len(means)),
+            "p_value": permutation_p(ci["mean"], means, alternative=alternative)}
+
+
+def band_vs_random(rows: pd.DataFrame, base: pd.DataFrame, metrics, top: list[tuple[int, int]], *, intervention: str,
+                   seed: int = 0, level: float = 0.95, **labels) -> list[dict]:
+    """Per metric: the ``kind == "top"`` condition's mean change from ``base`` (paired by prompt ``id``, with a
+    bootstrap interval) beside the ``kind == "random"`` conditions' mean changes (their mean and central
+    ``level`` band). No p-value: with few random sets its floor, 1 / (1 + sets), would be read as evidence."""
+    changes, kinds = {}, {}
     for cond, c in rows[rows["kind"] != "baseline"].groupby("condition", sort=False):
         kinds[cond] = c["kind"].iloc[0]
-        c = _aligned(c, base)
-        effects[cond] = {m: sign * (c[m] - base[m]).mean() for m in metrics}
+        changes[cond] = _aligned(c, base)
     top_cond = next(c for c, k in kinds.items() if k == "top")
     out = []
     for m in metrics:
-        null = np.array([e[m] for c, e in effects.items() if kinds[c] == "random"])
+        ci = paired_difference(base[m].to_numpy(), changes[top_cond][m].to_numpy(), seed=seed, level=level)
+        null = np.array([(c[m] - base[m]).mean() for cond, c in changes.items() if kinds[cond] == "random"])
+        lo, hi = _band(null, level)
         out.append({"intervention": intervention, "metric": m, "top_k": len(top), "heads": format_heads(top),
-                    "top_effect": effects[top_cond][m], "random_mean": float(null.mean()),
-                    "random_hi": float(np.quantile(null, 0.95)), "n_random": len(null),
-                    "p_value": permutation_p(effects[top_cond][m], null, alternative="greater"), **labels})
+                    "change": ci["mean"], "change_lo": ci["ci_low"], "change_hi": ci["ci_high"],
+                    "random_mean": float(null.mean()), "random_lo": lo, "random_hi": hi, "n_random": len(null),
+                    **labels})
     return out

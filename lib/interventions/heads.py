@@ -68,11 +68,25 @@ def _positions(z: torch.Tensor, positions: str, last_index) -> tuple:
 
 def ablate_head_hook(z: torch.Tensor, hook, *, heads: list[int], value: torch.Tensor | None = None,
                      positions: str = "all", last_index=None) -> torch.Tensor:
-    """z [batch, pos, head, d_head] with ``heads`` set to ``value`` [head, d_head] (mean ablation) or 0."""
+    """z [batch, pos, head, d_head] with ``heads`` set to 0, or to ``value`` [pos, head, d_head], a reference
+    set's mean at the same position (mean ablation, position-matched: row b's position p gets value[p])."""
     z = z.clone()
+    if value is not None:
+        value = value.to(z)
+        if value.ndim != 3 or value.shape[1:] != z.shape[2:]:
+            raise ValueError(f"mean-ablation value of shape {tuple(value.shape)} does not fit z {tuple(z.shape)}: "
+                             f"give per layer [pos, head, d_head], the position-matched mean (position_mean_z)")
+        if positions == "all" and value.shape[0] != z.shape[1]:
+            raise ValueError(f"mean-ablation value covers {value.shape[0]} positions, z has {z.shape[1]}: "
+                             f"the reference prompts must share the target prompts' token length")
     where = _positions(z, positions, last_index)
     for h in heads:
-        z[(*where, h)] = 0.0 if value is None else value[h].to(z)
+        if value is None:
+            z[(*where, h)] = 0.0
+        elif positions == "all":
+            z[:, :, h] = value[:, h]
+        else:
+            z[(*where, h)] = value[where[1], h]
     return z
 
 
@@ -100,7 +114,8 @@ def head_hooks(heads: list[tuple[int, int]], mode: str, *, positions: str = "all
     """Hooks on ``blocks.L.attn.hook_z`` that intervene on ``heads`` [(layer, head)]:
 
     - ``zero``: the head's output is zero;
-    - ``mean``: replaced by ``mean_z[layer][head]`` (its mean over a reference set of prompts and positions);
+    - ``mean``: replaced by ``mean_z[layer][:, head]`` [pos, d_head], its mean over a reference set of prompts
+      at the same position (``lib.interventions.sweep.position_mean_z``);
     - ``patch``: replaced by ``source_z[layer]`` [b, pos, head, d_head], the same head's z on paired prompts
       (same length when ``positions="all"``; at the last position the source's last token is read).
 
@@ -116,7 +131,7 @@ def head_hooks(heads: list[tuple[int, int]], mode: str, *, positions: str = "all
     if positions == "last" and last_index is None:
         raise ValueError("positions='last' needs last_index (each row's last real token)")
     if mode == "mean" and mean_z is None:
-        raise ValueError("mode 'mean' needs mean_z (per layer [head, d_head])")
+        raise ValueError("mode 'mean' needs mean_z (per layer [pos, head, d_head])")
     if mode == "patch" and source_z is None:
         raise ValueError("mode 'patch' needs source_z (per layer [b, pos, head, d_head])")
     by_layer: dict[int, list[int]] = {}

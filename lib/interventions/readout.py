@@ -1,9 +1,14 @@
-"""What head interventions measure at the last position: a linear probe on the residual stream and the
-log-probability of each emotion's continuation tokens.
+"""What head interventions measure at the last position: a linear probe on the residual stream (each
+class's probability and its log-odds, log p - log(1 - p)) and the log-probability of each emotion's
+continuation tokens.
+
+Effects are read on the log-odds: a probability near 0 or 1 hides a large change in the probe's logit
+(and shrinks the gradients attribution patching uses); the log-odds does not saturate.
 
 >>> ro = Readout(0, torch.zeros(2, 3), torch.tensor([0.0, 1.0]), ["a", "b"])
->>> readout_metrics(torch.zeros(1, 3), None, ro)["probs"].round(decimals=3)
-tensor([[0.2690, 0.7310]])
+>>> m = readout_metrics(torch.zeros(1, 3), None, ro)
+>>> m["probs"].round(decimals=3), m["logodds"].round(decimals=3)
+(tensor([[0.2690, 0.7310]]), tensor([[-1.,  1.]]))
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ import torch
 
 from lib.geometry.probes import class_weights
 
-__all__ = ["Readout", "class_index", "readout_from_probe", "continuation_ids", "readout_metrics", "final_logits"]
+__all__ = ["Readout", "class_index", "readout_from_probe", "continuation_ids", "readout_metrics", "class_logodds", "METRICS", "metric_changes",
+           "final_logits"]
 
 
 @dataclass
@@ -66,13 +72,51 @@ def continuation_ids(tokenizer, words: dict[str, list[str]]) -> dict[str, torch.
 
 
 def readout_metrics(resid: torch.Tensor, logits: torch.Tensor | None, readout: Readout) -> dict[str, torch.Tensor]:
-    """``probs`` [rows, classes] of the probe on ``resid`` [rows, d]; ``logprob`` [rows, emotions] from ``logits``."""
-    out = {"probs": torch.softmax(resid.float() @ readout.weight.to(resid.device).T + readout.bias.to(resid.device), -1)}
+    """``probs`` and ``logodds`` [rows, classes] of the probe on ``resid`` [rows, d] (log-odds of class c:
+    its logit minus the logsumexp of the other classes' logits, = log p_c - log(1 - p_c) without
+    rounding p_c first); ``logprob`` [rows, emotions] from ``logits``."""
+    z = resid.float() @ readout.weight.to(resid.device).T + readout.bias.to(resid.device)
+    out = {"probs": torch.softmax(z, -1), "logodds": class_logodds(z)}
     if readout.needs_logits:
         lp = torch.log_softmax(logits.float(), -1)
         out["logprob"] = torch.stack([torch.logsumexp(lp[:, ids.to(lp.device)], -1)
                                       for ids in readout.continuations.values()], -1)
     return out
+
+
+METRICS = ("probe_logodds", "probe_prob", "logprob")
+
+
+def metric_changes(res: dict, clean: dict, readout: Readout, cls: str) -> dict[str, np.ndarray]:
+    """Per ``METRICS`` name, intervened minus clean for class / emotion ``cls``: ``res`` holds readout metrics
+    [..., n, classes or emotions] (e.g. per head or set), ``clean`` the clean run's [n, ...]; returns [..., n].
+    ``logprob`` only when both have it.
+
+    >>> ro = Readout(0, torch.zeros(2, 1), torch.zeros(2), ["a", "b"])
+    >>> clean = readout_metrics(torch.zeros(1, 1), None, ro)
+    >>> res = {k: v.numpy()[None] + 1 for k, v in clean.items()}
+    >>> {k: v.tolist() for k, v in metric_changes(res, clean, ro, "b").items()}
+    {'probe_logodds': [[1.0]], 'probe_prob': [[1.0]]}
+    """
+    ci = class_index(readout, cls)
+    pairs = {"probe_logodds": ("logodds", ci), "probe_prob": ("probs", ci)}
+    if "logprob" in res and "logprob" in clean:
+        pairs["logprob"] = ("logprob", list(readout.continuations).index(cls))
+    return {name: np.asarray(res[key])[..., i] - np.asarray(clean[key])[:, i] for name, (key, i) in pairs.items()}
+
+
+def class_logodds(logits: torch.Tensor) -> torch.Tensor:
+    """[rows, classes]: log p_c - log(1 - p_c) of softmax(``logits``), as logit_c - logsumexp_{j != c} logit_j.
+
+    >>> class_logodds(torch.tensor([[0.0, 0.0, 0.0]])).round(decimals=4)  # p = 1/3: log(1/2)
+    tensor([[-0.6931, -0.6931, -0.6931]])
+    """
+    n = logits.shape[-1]
+    if n < 2:
+        raise ValueError(f"log-odds need at least 2 classes, got logits of shape {tuple(logits.shape)}")
+    others = logits.unsqueeze(-2).expand(*logits.shape[:-1], n, n)
+    mask = torch.eye(n, dtype=torch.bool, device=logits.device)
+    return logits - torch.logsumexp(others.masked_fill(mask, float("-inf")), -1)
 
 
 def final_logits(hf, hidden: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from lib.stats.bootstrap import group_bootstrap, percentile_interval
 from lib.stats.splits import grouped_folds, split_record
 
 __all__ = ["per_class_f1", "choose_probe", "tfidf_model", "choose_tfidf", "score_on_dev", "paired_gap",
-           "real_text_answer", "TFIDF_C"]
+           "real_text_answer", "real_text_inputs", "real_text_findings", "TFIDF_C"]
 
 TFIDF_C = (0.3, 1.0, 3.0, 10.0)  # inverse regularisation strengths tried by cross-validation on train
 
@@ -166,3 +166,31 @@ def real_text_answer(train: dict, dev: dict, *, n_splits: int = 3, n_boot: int =
                          seed, train=np.arange(len(y_train)), dev=np.arange(len(y_dev)))
     return {"choices": pd.concat(choices.values(), ignore_index=True), "scores": scores, "gaps": gaps,
             "split": split, "tfidf_cv": tfidf_cv.assign(chosen=lambda t: t["C"] == C)}
+
+
+def real_text_inputs(stores, readers, profile: str, *, site: str = "hook_resid_post",
+                     readings=("sentence_end", "mean")) -> dict:
+    """{reader: {(site, reading): LayerData}} of every reader's store of ``profile`` (``stores[reader, profile]``),
+    for ``real_text_answer``."""
+    from lib.activations.layerwise import load_layers
+
+    return {r: {(site, rd): load_layers([stores[r, profile]], r, site, rd) for rd in readings} for r in readers}
+
+
+def real_text_findings(answer: dict, models, controls, figure: str) -> list[dict]:
+    """One index finding per model: its dev macro-F1 with interval and chosen reading, beside the bag-of-words
+    baseline and its random-weights control (``controls[i]`` pairs ``models[i]``)."""
+    macro = answer["scores"][answer["scores"]["class"] == "macro"].set_index("reader")
+    best = answer["choices"].groupby("reader").head(1).set_index("reader")
+    gaps = answer["gaps"].set_index("reader")
+    fmt = lambda r: f"{macro.loc[r, 'f1']:.3f} [{macro.loc[r, 'f1_lo']:.3f}, {macro.loc[r, 'f1_hi']:.3f}]"  # noqa: E731
+    out = []
+    for m, c in zip(models, controls):
+        b = best.loc[m]
+        out.append({"question": f"{m}: how well are the emotions decoded in real Reddit comments (GoEmotions dev)?",
+                    "finding": f"macro-F1 {fmt(m)} ({b['reading']} reading, layer {int(b['layer'])}, chosen on "
+                               f"train folds); minus TF-IDF {gaps.loc[m, 'gap']:+.3f} "
+                               f"[{gaps.loc[m, 'lo']:+.3f}, {gaps.loc[m, 'hi']:+.3f}]",
+                    "control": f"TF-IDF + logistic regression {fmt('tf-idf')}; random weights {fmt(c)}",
+                    "figure": figure})
+    return out

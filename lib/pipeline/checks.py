@@ -140,7 +140,7 @@ def _stores_made(p2: dict) -> dict[tuple[str, str], list[str]]:
 _STORES_READ = {
     "03_emotion_vectors": lambda p: [(m, q, p["site"]) for m in p["models"]
                                      for q in p["fit_profiles"] + p["transfer_profiles"]]
-    + [(c, q, p["site"]) for c in p["control_models"] for q in p["fit_profiles"]],
+    + [(c, q, p["site"]) for c in p["control_models"] for q in p["fit_profiles"] + p["transfer_profiles"]],
     "04_cross_model_alignment": lambda p: [(m, q, p["site"]) for m in p["models"] + p["control_models"]
                                            for q in p["profiles"]],
     "05_heads": lambda p: [(m, q, "hook_resid_post") for m in p["models"] for q in p["fit_profiles"]],

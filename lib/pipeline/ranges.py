@@ -6,7 +6,7 @@ phase 02 stores only float16 or float32); ``problem(rule, value)`` says whether 
 the model registry live in ``lib.pipeline.checks``.
 
 >>> describe(rule_for("03_emotion_vectors", "n_splits"))
-'an integer >= 2'
+'an integer >= 3'
 >>> problem(rule_for("01_dataset", "near_duplicate_threshold"), 7.5)
 ''
 >>> problem(rule_for("02_activations", "token_sites"), ["hook_resid_psot"])
@@ -146,19 +146,23 @@ def _analysis_rules() -> dict[str, Rule]:
                                                                        "['goemotions:train', 'goemotions:dev']"),
         "methods": listof(text(choices=METHODS), 1, requires=("mean_vs_neutral",)),
         "readings": listof(text(choices=READINGS), 1, requires=("sentence_end",)),
-        "n_splits": integer(2), "shuffled_repeats": COUNT, "var_threshold": Rule("number", 0, 1, low_open=True),
-        "max_k": COUNT, "stability_splits": COUNT,
+        "n_splits": integer(3),  # nested folds: train, validation, test
+        "shuffled_repeats": integer(2, what="an integer >= 2 (a band over label permutations)"),
+        "var_threshold": Rule("number", 0, 1, low_open=True), "max_k": COUNT, "stability_splits": COUNT,
+        "n_jobs": COUNT,
+        "real_text_readings": listof(text(choices=("sentence_end", "mean")), 1),
         # 04: cross-model alignment
         "reduction": text(choices=REDUCTIONS), "kinds": listof(text(choices=KINDS), 1, requires=("linear",)),
         "n_texts": integer(1, nullable=True, what="null (every text) or an integer >= 1"),
-        "n_perm": integer(0, what="an integer >= 0 (0: no permutation null)"), "subspace_k": COUNT,
+        "n_perm": integer(0, what="an integer >= 0 (0: no permutation p-values)"), "subspace_k": COUNT,
+        "n_boot": integer(2, what="an integer >= 2 (bootstrap resamples of the held-out CKA)"),
         # 05: heads. probe_layer indexes layers as Python does (-1: the last); a model's depth is known only once
         # it loads, so its range is not checked here.
         "vectors_run": _run_name("no check against phase 03"),
         "prompt_profiles": listof(_profiles(splits=False), 1),
         "probe_layer": integer(what="an integer (negative: from the last layer)"),
         "n_prompts": COUNT, "top_k": COUNT, "ks": listof(COUNT, 1), "n_random": COUNT, "n_gen_tokens": COUNT,
-        "all_positions": FLAG,
+        "n_random_null": COUNT, "positions": text(choices=("last", "all")), "all_positions": FLAG,
         "heads": text(pattern=r"|\s*[0-9]+:([0-9]+|\*)\s*(,\s*[0-9]+:([0-9]+|\*)\s*)*",
                       what="'' (none) or a head set 'L:H,L:H' ('L:*': every head of layer L)"),
     }

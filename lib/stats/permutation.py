@@ -5,12 +5,13 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-import pandas as pd
 
 from lib.stats.bootstrap import finite_1d
 
-__all__ = ["ALTERNATIVES", "permutation_p", "group_permutation"]
+__all__ = ["ALTERNATIVES", "permutation_p", "group_permutation", "group_permuter", "group_majority"]
 
 ALTERNATIVES = ("greater", "less", "two-sided")
 
@@ -34,6 +35,42 @@ def permutation_p(observed: float, null, *, alternative: str = "greater") -> flo
     return float((1 + hits) / (1 + z.size))
 
 
+def group_majority(labels, groups) -> tuple[np.ndarray, np.ndarray]:
+    """(majority label per group [g], in the order of the sorted group ids; each row's group code [n]). Ties
+    go to the label whose first row comes first in the group.
+
+    >>> group_majority(["b", "a", "a", "b", "c"], [7, 7, 7, 3, 3])
+    (array(['b', 'a'], dtype='<U1'), array([1, 1, 1, 0, 0]))
+    """
+    y = np.asarray(labels)
+    g = np.asarray(groups)
+    if g.shape != y.shape or y.ndim != 1:
+        raise ValueError(f"labels and groups must be 1-D of equal length; got shapes {y.shape} and {g.shape}")
+    codes = np.unique(g, return_inverse=True)[1].ravel()
+    values, cls = np.unique(y, return_inverse=True)
+    n_g, n_c = int(codes.max()) + 1 if len(codes) else 0, len(values)
+    counts = np.zeros((n_g, n_c), dtype=np.int64)
+    np.add.at(counts, (codes, cls), 1)
+    first = np.full((n_g, n_c), len(y), dtype=np.int64)
+    np.minimum.at(first, (codes, cls), np.arange(len(y)))
+    first = np.where(counts == counts.max(axis=1, keepdims=True), first, len(y) + 1)
+    return values[first.argmin(axis=1)], codes
+
+
+def group_permuter(labels, groups) -> Callable[[np.random.Generator], np.ndarray]:
+    """A function ``rng -> labels [n]`` shuffled between whole groups (``group_permutation``), with the groups'
+    majority labels found once, for repeated permutations; ``groups=None`` permutes rows.
+
+    >>> perm = group_permuter(["a", "b", "b", "a"], None); sorted(perm(np.random.default_rng(0)).tolist())
+    ['a', 'a', 'b', 'b']
+    """
+    if groups is None:
+        y = np.asarray(labels)
+        return lambda rng: rng.permutation(y)
+    majority, codes = group_majority(labels, groups)
+    return lambda rng: rng.permutation(majority)[codes]
+
+
 def group_permutation(labels, groups, rng: np.random.Generator) -> np.ndarray:
     """Labels [n] shuffled between whole groups: each group takes the label of another group (its majority
     label, ties to the first seen), so rows of one group still share a label as near-duplicates do in real
@@ -43,17 +80,4 @@ def group_permutation(labels, groups, rng: np.random.Generator) -> np.ndarray:
     >>> bool((p[0::2] == p[1::2]).all()), sorted(set(p.tolist()))
     (True, ['a', 'b', 'c'])
     """
-    y = np.asarray(labels)
-    if groups is None:
-        return rng.permutation(y)
-    g = np.asarray(groups)
-    if g.shape != y.shape or y.ndim != 1:
-        raise ValueError(f"labels and groups must be 1-D of equal length; got shapes {y.shape} and {g.shape}")
-    codes = np.unique(g, return_inverse=True)[1].ravel()
-    majority = []
-    frame = pd.DataFrame({"g": codes, "y": y})
-    for _, sub in frame.groupby("g", sort=True):
-        counts = sub["y"].value_counts(sort=False)
-        majority.append(counts.index[int(np.argmax(counts.to_numpy()))])
-    majority = np.asarray(majority, dtype=y.dtype)
-    return rng.permutation(majority)[codes]
+    return group_permuter(labels, groups)(rng)

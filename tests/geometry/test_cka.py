@@ -12,7 +12,8 @@ from threadpoolctl import threadpool_limits
 
 from lib.activations.names import act_name
 from lib.geometry.cka import (KINDS, best_match_layers, cka_matrix, debiased_cka, layer_matching_accuracy, linear_cka,
-                              permutation_test, rbf_cka)
+                              match_layers, permutation_from_grams, permutation_null_mean, permutation_test, rbf_cka)
+from lib.geometry.grams import gram_stack
 from lib.geometry.procrustes import procrustes_distance
 
 SINGLE = {"linear": linear_cka, "debiased": debiased_cka, "rbf": rbf_cka}
@@ -211,6 +212,48 @@ def test_permutation_p_values_small_for_related_and_spread_for_independent_data(
     again, other = permutation_test(xs, ys, n_perm=99, seed=0), permutation_test(xs, ys, n_perm=99, seed=1)
     np.testing.assert_array_equal(again.null, res.null)
     assert not np.array_equal(other.null, res.null)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_permutation_null_mean_is_the_average_over_every_permutation(kind):
+    rng = np.random.default_rng(17)
+    n = 6
+    xs = [rng.standard_normal((n, 3)) + 1, rng.standard_normal((n, 2))]
+    ys = [related(xs[0], 4, rng)]
+    exact = np.array([[np.mean([cka_matrix([x], [y[list(p)]], kind)[0, 0] for p in itertools.permutations(range(n))])
+                       for y in ys] for x in xs])  # all 720 shufflings of the rows
+    got = permutation_null_mean(gram_stack(xs, kind, 0.8, "xs"), gram_stack(ys, kind, 0.8, "ys"))
+    np.testing.assert_allclose(got, exact, atol=1e-12)
+    if kind == "debiased":
+        np.testing.assert_allclose(got, 0, atol=1e-12)
+    else:  # linear CKA's chance level is not 0: tr K tr L / (n - 1) of the normalised Grams
+        assert (got > 0.1).all()
+
+
+def test_permutation_from_grams_is_permutation_test_and_its_mean_the_exact_one():
+    rng = np.random.default_rng(18)
+    base = rng.standard_normal((40, 5))
+    xs, ys = [related(base, 6, rng) for _ in range(2)], [related(base, 3, rng)]
+    res = permutation_test(xs, ys, n_perm=400, seed=4)
+    gx, gy = gram_stack(xs, "linear", 0.8, "xs"), gram_stack(ys, "linear", 0.8, "ys")
+    again = permutation_from_grams(gx, gy, n_perm=400, seed=4)
+    np.testing.assert_array_equal(again.null, res.null)
+    np.testing.assert_array_equal(again.p_value, res.p_value)
+    np.testing.assert_allclose(res.null_mean, permutation_null_mean(gx, gy), atol=4 * res.null_std.max() / 20)
+    with pytest.raises(ValueError, match=r"stacks of flattened \[n, n\] Grams"):
+        permutation_from_grams(gx, gy[:, :-1])
+
+
+def test_match_layers_picks_by_correlated_profiles():
+    rng = np.random.default_rng(19)
+    m = np.corrcoef(rng.standard_normal((5, 30)))  # a symmetric similarity profile per layer
+    noisy = m + 0.01 * rng.standard_normal((5, 5))
+    accuracy, picks = match_layers(m, noisy)
+    assert accuracy == 1.0 and picks.tolist() == list(range(5))
+    corr = np.corrcoef(m, noisy[[1, 0, 2, 3, 4]])[:5, 5:]
+    assert match_layers(m, noisy[[1, 0, 2, 3, 4]])[1].tolist() == np.argmax(corr, axis=1).tolist() == [1, 0, 2, 3, 4]
+    with pytest.raises(ValueError, match="same layers"):
+        match_layers(m, m[:4, :4])
 
 
 def test_best_match_layers():

@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.interventions.effects import (condition_summary, random_head_sets, rank_heads, set_conditions, set_metrics,
-                                      top_vs_random, topk_curve)
+from lib.interventions.effects import (band_vs_random, compare_with_random, condition_summary, random_head_sets,
+                                      rank_heads, set_conditions, set_metrics)
 from lib.interventions.sweep import clean_state, sweep_fast
 from lib.models.loading import load_model
-from lib.stats.bootstrap import mean_ci
+from lib.stats.bootstrap import mean_ci, paired_difference
 from tests.interventions.helpers import one_length_ids as _ids, random_readout as _readout
 
 
@@ -23,23 +23,6 @@ def test_set_metrics_equal_single_head_sweep_and_clean_run():
     one = set_metrics(lm, ids, ro, [(1, 3)], "zero")
     sweep = sweep_fast(lm.bridge.original_model, st, ro, "zero", "all")
     np.testing.assert_allclose(one["probs"], sweep["probs"][1, 3], atol=1e-5)
-
-
-def test_topk_curve_starts_at_the_single_head_sweep():
-    """k = 1 is the fast sweep's mean ablation of that head (all positions); k beyond the ranking is left out."""
-    lm = load_model("tiny-llama", device="cpu")
-    ids = _ids(lm)
-    ro = _readout(lm)
-    st = clean_state(lm.bridge.original_model, ids, ro)
-    mean_z = {layer: z.mean((0, 1)) for layer, z in enumerate(st.z)}
-    ranked = [(1, 2), (0, 0), (0, 3)]
-    curve = topk_curve(lm, ids, ro, ranked, (1, 3, 8), "anger", mean_z=mean_z, model="x").set_index("k")
-    assert list(curve.index) == [1, 3] and curve.loc[3, "heads"] == "1:2,0:0,0:3" and (curve["model"] == "x").all()
-    sweep = sweep_fast(lm.bridge.original_model, st, ro, "mean", "all", mean_z=mean_z)
-    drop = (st.metrics["probs"][:, 1].numpy() - sweep["probs"][1, 2, :, 1]).mean()
-    change = (sweep["logprob"][1, 2, :, 1] - st.metrics["logprob"][:, 1].numpy()).mean()
-    assert np.isclose(curve.loc[1, "drop"], drop, atol=1e-5) and abs(drop) > 1e-4
-    assert np.isclose(curve.loc[1, "logprob_change"], change, atol=1e-5)
 
 
 def test_random_sets_and_ranking():
@@ -64,19 +47,38 @@ def _conditions():
     return g, g[g["kind"] == "baseline"].set_index("id"), vals
 
 
-def test_top_vs_random_is_the_signed_paired_change_with_a_permutation_p():
+def test_compare_with_random_by_hand():
+    rng = np.random.default_rng(0)
+    top, null = rng.normal(-1.0, 1.0, size=8), rng.normal(0.0, 1.0, size=(39, 8))
+    groups = np.repeat(np.arange(4), 2)
+    got = compare_with_random(top, null, alternative="less", groups=groups, seed=3)
+    means = null.mean(1)
+    assert np.isclose(got["change"], top.mean()) and np.isclose(got["random_mean"], means.mean())
+    assert (got["random_lo"], got["random_hi"]) == tuple(np.quantile(means, [0.025, 0.975]))
+    assert got["p_value"] == (1 + np.sum(means <= top.mean())) / 40 and got["n_random"] == 39 and got["n_prompts"] == 8
+    ci = mean_ci(top, seed=3, groups=groups)
+    assert (got["change_lo"], got["change_hi"]) == (ci["ci_low"], ci["ci_high"])
+    up = compare_with_random(-top, -null, alternative="greater", groups=groups, seed=3)
+    assert up["p_value"] == got["p_value"] and np.isclose(up["change"], -got["change"])
+    assert compare_with_random(null.min(0) - 1, null, alternative="less")["p_value"] == 1 / 40  # the floor
+    with pytest.raises(ValueError, match="null has 8 prompts per set, the chosen set 3"):
+        compare_with_random(top[:3], null, alternative="less")
+
+
+def test_band_vs_random_is_the_paired_change_beside_the_random_band():
     g, base, vals = _conditions()
     assert [(c, k) for c, _, k in set_conditions([(0, 1), (1, 0)], [[]] * 3)] == [
         ("baseline", None), ("top-2", "top"), ("random 0", "random"), ("random 1", "random"), ("random 2", "random")]
-    got = top_vs_random(g, base, ("m", "other"), [(0, 1), (1, 0)], intervention="ablate", sign=-1, model="x")
+    got = band_vs_random(g, base, ("m", "other"), [(0, 1), (1, 0)], intervention="ablate", model="x")
     assert [r["metric"] for r in got] == ["m", "other"] and got[0]["heads"] == "0:1,1:0" and got[0]["model"] == "x"
-    change = {c: -np.mean(np.subtract(v, vals["baseline"])) for c, v in vals.items()}  # ablation: drops count
+    change = {c: np.mean(np.subtract(v, vals["baseline"])) for c, v in vals.items()}
     null = [change["random 0"], change["random 1"], change["random 2"]]
-    assert np.isclose(got[0]["top_effect"], change["top-2"]) and np.isclose(got[0]["random_mean"], np.mean(null))
-    assert got[0]["p_value"] == (1 + sum(x >= change["top-2"] for x in null)) / 4 == 0.5
-    assert np.isclose(got[1]["top_effect"], 10 * change["top-2"]) and got[0]["n_random"] == 3
-    assert list(got[0]) == ["intervention", "metric", "top_k", "heads", "top_effect", "random_mean", "random_hi",
-                            "n_random", "p_value", "model"]
+    assert np.isclose(got[0]["change"], change["top-2"]) and np.isclose(got[0]["random_mean"], np.mean(null))
+    assert np.isclose(got[0]["random_lo"], np.quantile(null, 0.025)) and got[0]["n_random"] == 3
+    # paired by id although the top set's rows come in another order
+    ci = paired_difference(vals["baseline"], vals["top-2"])
+    assert np.isclose(got[0]["change_lo"], ci["ci_low"]) and np.isclose(got[1]["change"], 10 * change["top-2"])
+    assert "p_value" not in got[0]
 
 
 def test_condition_summary_has_means_and_paired_changes():

@@ -1,10 +1,11 @@
 """Seeded generation against Hugging Face's generate with hand hooks; sets in one batch; top-k sampling."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lib.interventions.generation import generate, generate_sets, sample_top_k
-from lib.interventions.sweep import clean_state
+from lib.interventions.sweep import clean_state, position_mean_z
 from lib.models.loading import load_model
 from tests.interventions.helpers import one_length_ids as _ids, random_readout as _readout
 
@@ -41,13 +42,51 @@ def test_generating_sets_in_one_batch_equals_one_at_a_time():
     lm = load_model("tiny-llama", device="cpu")
     ids = _ids(lm)
     sets = [[], [(0, 1)], [(1, 0), (1, 3)]]
-    z = clean_state(lm.bridge.original_model, ids.flip(0), _readout(lm)).z
-    mean_z = {layer: zz.mean((0, 1)) for layer, zz in enumerate(z)}
-    for mode, kw in (("mean", {"mean_z": mean_z}), ("patch", {"source_z": z})):
-        batched = generate_sets(lm, ids, sets, n_tokens=5, seed=2, mode=mode, **kw)
-        single = [generate(lm, ids, n_tokens=5, seed=2, heads=s, mode=mode, **kw) for s in sets]
-        assert batched == single
-        assert batched[0] != batched[2]
+    st = clean_state(lm.bridge.original_model, ids.flip(0), _readout(lm))
+    for mode, kw in (("mean", {"mean_z": position_mean_z(st)}), ("patch", {"source_z": st.z})):
+        for positions in ("all", "last"):
+            batched = generate_sets(lm, ids, sets, n_tokens=5, seed=2, mode=mode, positions=positions, **kw)
+            single = [generate(lm, ids, n_tokens=5, seed=2, heads=s, mode=mode, positions=positions, **kw)
+                      for s in sets]
+            assert batched == single
+            assert batched[0] != batched[2]
+
+
+def test_position_rule_and_matched_means_equal_a_hand_hook():
+    """Greedy generation, one head mean-ablated: under "last" the prompt's last position and every generated
+    one are edited, under "all" every position; prompt position p gets the reference mean at p, generated
+    positions the mean at the last prompt position (Hugging Face's generate with a hand-written hook)."""
+    lm = load_model("tiny-llama", device="cpu")
+    hf = lm.bridge.original_model
+    ids = _ids(lm)
+    T, dh, (layer, head) = ids.shape[1], lm.cfg.d_head, (0, 2)  # layer 0: earlier positions reach the last via layer 1
+    mean_z = {layer: torch.randn(T, lm.cfg.n_heads, dh, generator=torch.Generator().manual_seed(0))}
+    m = mean_z[layer][:, head]
+    outs = {}
+    for positions in ("all", "last"):
+        def pre(module, args):
+            z = args[0].clone()
+            sl = slice(head * dh, (head + 1) * dh)
+            if z.shape[1] == 1:  # a generated token
+                z[:, :, sl] = m[-1]
+            elif positions == "all":
+                z[:, :, sl] = m
+            else:
+                z[:, -1, sl] = m[-1]
+            return (z,)
+        handle = hf.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(pre)
+        try:
+            out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                              pad_token_id=lm.tokenizer.pad_token_id)
+        finally:
+            handle.remove()
+        want = lm.tokenizer.batch_decode(out[:, T:], skip_special_tokens=True)
+        outs[positions] = generate(lm, ids, n_tokens=6, seed=0, heads=[(layer, head)], mode="mean",
+                                   positions=positions, mean_z=mean_z, top_k=1)
+        assert outs[positions] == want, positions
+    assert outs["all"] != outs["last"] != generate(lm, ids, n_tokens=6, seed=0, top_k=1)
+    with pytest.raises(ValueError, match=r"need \[" + str(T) + ", heads, d_head\]"):
+        generate(lm, ids, n_tokens=2, seed=0, heads=[(layer, head)], mode="mean", mean_z={layer: mean_z[layer][1:]})
 
 
 def test_sample_top_k_draws_from_the_truncated_softmax():

@@ -26,19 +26,23 @@ def test_format_heads_round_trips_parse_heads():
     assert parse_heads(format_heads(heads), n_layers=2, n_heads=4) == heads
 
 
+@pytest.mark.parametrize("positions", ["all", "last"])
 @pytest.mark.parametrize("mode", ["zero", "mean"])
-def test_ablation_equals_hand_hook_on_hugging_face_model(tiny, mode):
-    """lib (TransformerLens hook_z) vs a plain HF model whose head slice is edited before the output projection."""
+def test_ablation_equals_hand_hook_on_hugging_face_model(tiny, mode, positions):
+    """lib (TransformerLens hook_z) vs a plain HF model whose head slice is edited before the output projection:
+    mean ablation puts the reference mean of position p at position p (all positions) or only the last
+    position's mean at the last position."""
     hf = build_tiny_model(tiny.name)
     ids = _ids(tiny)
-    d_head = tiny.cfg.d_head
+    T, d_head = ids.shape[1], tiny.cfg.d_head
     layer, head = 1, 2
-    mean = torch.randn(d_head, generator=torch.Generator().manual_seed(1))
-    mean_z = {layer: torch.stack([mean] * tiny.cfg.n_heads)}
+    mean = torch.randn(T, d_head, generator=torch.Generator().manual_seed(1))  # a different mean per position
+    mean_z = {layer: torch.stack([mean] * tiny.cfg.n_heads, 1)}  # [T, H, dh]
 
     def hand(module, args):
         z = args[0].clone()
-        z[..., head * d_head:(head + 1) * d_head] = 0.0 if mode == "zero" else mean
+        where = slice(None) if positions == "all" else slice(T - 1, T)
+        z[:, where, head * d_head:(head + 1) * d_head] = 0.0 if mode == "zero" else mean[where]
         return (z,)
 
     handle = HAND_OUT_PROJ[tiny.name](hf, layer).register_forward_pre_hook(hand)
@@ -47,9 +51,11 @@ def test_ablation_equals_hand_hook_on_hugging_face_model(tiny, mode):
     handle.remove()
     with torch.no_grad():
         clean = hf(ids).logits
-    got, _ = run_with_hooks_cached(tiny, ids, None, head_hooks([(layer, head)], mode, mean_z=mean_z), [])
+    hooks = head_hooks([(layer, head)], mode, positions=positions, last_index=torch.full((ids.shape[0],), T - 1),
+                       mean_z=mean_z)
+    got, _ = run_with_hooks_cached(tiny, ids, None, hooks, [])
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
-    assert (want - clean).abs().max() > 1e-3  # the intervention does something
+    assert (want[:, -1] - clean[:, -1]).abs().max() > 1e-3  # the intervention does something
 
 
 def test_patching_every_head_of_a_layer_copies_the_attention_output(tiny):
@@ -83,3 +89,9 @@ def test_hook_errors_name_the_problem():
         hook(torch.ones(2, 6, 4, 3), None)
     z = hook(torch.ones(2, 5, 4, 3), None)
     assert z[:, :, 1].abs().sum() == 0 and z[:, :, [0, 2, 3]].eq(1).all()
+    (_, hook), = head_hooks([(0, 1)], "mean", mean_z={0: torch.zeros(4, 3)})
+    with pytest.raises(ValueError, match=r"give per layer \[pos, head, d_head\]"):
+        hook(torch.ones(2, 5, 4, 3), None)
+    (_, hook), = head_hooks([(0, 1)], "mean", mean_z={0: torch.zeros(6, 4, 3)})
+    with pytest.raises(ValueError, match="covers 6 positions, z has 5"):
+        hook(torch.ones(2, 5, 4, 3), None)

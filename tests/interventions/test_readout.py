@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lib.geometry.probes import fit_probe
-from lib.interventions.readout import class_index, final_logits, readout_from_probe, readout_metrics
+from lib.interventions.readout import Readout, class_index, final_logits, readout_from_probe, readout_metrics
 from lib.models.tiny import build_tiny_model
 from tests.interventions.helpers import one_length_ids, random_readout
 
@@ -18,9 +18,23 @@ def test_readout_probe_matches_sklearn():
     x[y == "anger", 0] += 2
     probe = fit_probe(x, y)
     ro = readout_from_probe(probe, 0)
-    got = readout_metrics(torch.tensor(x, dtype=torch.float32), None, ro)["probs"].numpy()
-    np.testing.assert_allclose(got, probe.predict_proba(x), atol=1e-5)
+    got = readout_metrics(torch.tensor(x, dtype=torch.float32), None, ro)
+    p = probe.predict_proba(x)
+    np.testing.assert_allclose(got["probs"].numpy(), p, atol=1e-5)
     assert ro.classes == list(probe.classes_)
+    # log-odds: log p - log(1 - p) of scikit-learn's probabilities (in float64), where p is not saturated
+    want = np.log(p) - np.log1p(-p)
+    ok = (p > 1e-4) & (p < 1 - 1e-4)
+    assert ok.mean() > 0.5
+    np.testing.assert_allclose(got["logodds"].numpy()[ok], want[ok], atol=2e-3, rtol=1e-3)
+
+
+def test_log_odds_do_not_saturate_where_probabilities_do():
+    logits = torch.tensor([[40.0, 0.0, 0.0], [-40.0, 0.0, 0.0]])
+    ro = Readout(0, torch.eye(3), torch.zeros(3), ["a", "b", "c"])
+    m = readout_metrics(logits, None, ro)
+    assert m["probs"][0, 0] == 1.0  # float32 rounds it
+    torch.testing.assert_close(m["logodds"][:, 0], torch.tensor([40.0 - np.log(2), -40.0 - np.log(2)], dtype=torch.float32))
 
 
 def test_final_logits_equal_the_hugging_face_forward(tiny):

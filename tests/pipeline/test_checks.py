@@ -76,7 +76,7 @@ F01, F02, F03, F04, F05 = (f"params/{s}.yaml" for s in ("01_dataset", "02_activa
     ("01_dataset", {"near_duplicate_threshold": 7.5}, f"{F01}: near_duplicate_threshold = 7.5; valid: a number from 0 to 1$"),
     ("01_dataset", {"examples_per_emotion": -3}, f"{F01}: examples_per_emotion = -3; valid: an integer >= 1$"),
     ("01_dataset", {"profiles": ["goemotions:dev"]}, f"{F01}: profiles = .*valid: .* one of \\['baseline', 'extended', 'goemotions'\\]$"),
-    ("03_emotion_vectors", {"n_splits": 1}, f"{F03}: n_splits = 1; valid: an integer >= 2$"),
+    ("03_emotion_vectors", {"n_splits": 2}, f"{F03}: n_splits = 2; valid: an integer >= 3$"),
     ("00_models", {"models": []}, r"params/00_models.yaml: models = \[\]; valid: a non-empty list of distinct entries"),
     ("02_activations", {"models": None}, f"{F02}: models = null; valid: a non-empty list"),
     ("02_activations", {"profiles": None}, f"{F02}: profiles = null; valid: a non-empty list"),
@@ -123,8 +123,8 @@ def test_bad_values_are_refused_naming_file_key_and_valid_values(params_dir, ste
 
 
 def test_a_value_from_an_overlay_or_a_notebook_default_names_that_file(params_dir):
-    edit(params_dir, "wide", n_splits=1)
-    refused("03_emotion_vectors", r"^\S*/params/wide.yaml: n_splits = 1; valid: an integer >= 2$", run="wide")
+    edit(params_dir, "wide", n_splits=2)
+    refused("03_emotion_vectors", r"^\S*/params/wide.yaml: n_splits = 2; valid: an integer >= 3$", run="wide")
     edit(params_dir, "wide", n_splits=5, examples_per_emotion="3")
     refused("01_dataset", r"^\S*/params/wide.yaml: examples_per_emotion = '3'; valid: an integer >= 1$", run="wide")
     data = yaml.safe_load((params_dir / "02_activations.yaml").read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.stats.permutation import group_permutation, permutation_p
+from lib.stats.permutation import group_majority, group_permutation, group_permuter, permutation_p
 
 
 def test_permutation_p_by_hand():
@@ -43,3 +43,29 @@ def test_group_permutation_moves_whole_groups():
 def test_group_permutation_uses_the_majority_label_of_mixed_groups():
     p = group_permutation(np.array(["a", "a", "b", "c"]), [0, 0, 0, 1], np.random.default_rng(0))
     assert sorted(set(p[:3].tolist())) in (["a"], ["c"]) and len(set(p[:3].tolist())) == 1
+
+
+def _majority_by_hand(y, g):
+    """Per sorted group id: the most frequent label, ties to the label whose first row comes first."""
+    out = []
+    for k in sorted(set(g.tolist())):
+        rows = [lab for lab, gg in zip(y.tolist(), g.tolist()) if gg == k]
+        best = max(rows, key=lambda lab: (rows.count(lab), -rows.index(lab)))
+        out.append(best)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_group_majority_matches_a_hand_count(seed):
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, 90, 300) * 7 - 40  # ids need not be 0..g-1; some groups hold one row
+    y = np.array(["gratitude", "anger", "apology", "neutral"])[rng.integers(0, 4, 300)]  # mixed groups, ties
+    labels, codes = group_majority(y, groups)
+    assert labels.tolist() == _majority_by_hand(y, groups)
+    assert np.array_equal(np.sort(np.unique(groups))[codes], groups)
+    # repeated permutations draw from one generator stream: the same as calling group_permutation each time
+    permute, a, b = group_permuter(y, groups), np.random.default_rng(seed), np.random.default_rng(seed)
+    for _ in range(3):
+        assert np.array_equal(permute(a), group_permutation(y, groups, b))
+    with pytest.raises(ValueError, match="equal length"):
+        group_majority(["a"], [0, 1])
