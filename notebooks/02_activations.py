@@ -97,7 +97,8 @@ paths = extract_all(models, profiles, config, stores_root, device=device, max_pe
 control_config = ExtractConfig(layers=config.layers, sites=tuple(control_sites), batch_size=batch_size, dtype=dtype,
                                token_sites=())
 paths.update(extract_all(control_models, control_profiles, control_config, stores_root, device=device,
-                         max_per_emotion=max_per_emotion, emotions=emotions, seed=seed))
+                         max_per_emotion=max_per_emotion, emotions=emotions, seed=seed,
+                         goemotions_max_per_emotion=goemotions_max_per_emotion))  # the same rows as the models'
 table = store_table(paths)
 table.drop(columns=["path"])
 
@@ -160,3 +161,6 @@ assert all((path / "manifest.json").exists() for by_p in paths.values() for path
 assert (table["rows"] > 0).all()
 if dtype == "float16" and token_sites:
     assert (table["fp16_worst_rel_err"].dropna() < 1e-2).all() and table["fp16_worst_rel_err"].notna().any(), table
+# a control holds exactly the rows of its model on every profile both have (phase 03 compares them row for row)
+assert all(stores[c, p].labels["id"].sort_values().tolist() == stores[m, p].labels["id"].sort_values().tolist()
+           for c in control_models for m in models if c == f"random:{m}" for p in control_profiles if (m, p) in stores)
