@@ -131,15 +131,31 @@ def paired_gap(y_dev, pred_a, pred_b, groups, *, n_boot: int = 2000, seed: int =
     return {"gap": float(gap), "lo": float(lo), "hi": float(hi)}
 
 
+def _in_order(ld: LayerData, ids: np.ndarray, what: str) -> LayerData:
+    """``ld`` with its rows in the order of ``ids`` (stores sort rows by token count, which differs between
+    tokenizers); an error if it lacks any of them or has others."""
+    have = ld.labels["id"].to_numpy()
+    if len(have) != len(ids) or set(have.tolist()) != set(ids.tolist()):
+        raise ValueError(f"{what} holds {len(have)} rows, not the {len(ids)} rows of the first reader; every reader "
+                         f"needs the same rows (extract the controls with the models' per-emotion cap)")
+    pos = pd.Series(np.arange(len(have)), index=have)
+    return ld.subset(pos.loc[ids].to_numpy())
+
+
 def real_text_answer(train: dict, dev: dict, *, n_splits: int = 3, n_boot: int = 2000, seed: int = 0) -> dict:
     """The whole comparison. ``train`` and ``dev``: {reader name: {(site, reading): LayerData}} for each model
-    (and random-weights control) on GoEmotions train and dev, the same rows for every reader.
+    (and random-weights control) on GoEmotions train and dev, the same rows for every reader (in any order:
+    they are put in the first reader's order by row id).
 
     Returns {"choices": per reader the cross-validation table (best first), "scores": ``score_on_dev`` of every
     reader plus "tf-idf", "gaps": each reader minus tf-idf, "split": the split record, "tfidf_cv": C table}.
     """
     first_train = next(iter(next(iter(train.values())).values()))
     first_dev = next(iter(next(iter(dev.values())).values()))
+    ids_train, ids_dev = first_train.labels["id"].to_numpy(), first_dev.labels["id"].to_numpy()
+    train = {r: {k: _in_order(ld, ids_train, f"{r} {k[0]} {k[1]} (train)") for k, ld in c.items()}
+             for r, c in train.items()}
+    dev = {r: {k: _in_order(ld, ids_dev, f"{r} {k[0]} {k[1]} (dev)") for k, ld in c.items()} for r, c in dev.items()}
     y_train, y_dev = first_train.labels["emotion"].to_numpy(), first_dev.labels["emotion"].to_numpy()
     dev_groups = text_groups(first_dev.labels["text"].tolist())
     choices, preds = {}, {}
@@ -149,8 +165,6 @@ def real_text_answer(train: dict, dev: dict, *, n_splits: int = 3, n_boot: int =
         site, reading, layer = best["site"], best["reading"], int(best["layer"])
         tr_ld: LayerData = cands[site, reading]
         dv_ld: LayerData = dev[name][site, reading]
-        if not np.array_equal(dv_ld.labels["emotion"].to_numpy(), y_dev):
-            raise ValueError(f"the dev rows of {name} differ from the first reader's; every reader needs the same rows")
         probe = fit_probe(tr_ld.layer(layer), y_train, seed=seed)
         preds[name] = probe.predict(dv_ld.layer(layer))
         choices[name] = table.assign(reader=name)

@@ -71,7 +71,13 @@ def test_real_text_answer_is_chosen_on_train_and_can_go_either_way(words_informa
     key = ("hook_resid_post", "sentence_end")
     train = {"model": {key: _layers(train_labels, 7, signal)}}
     dev = {"model": {key: _layers(dev_labels, 8, signal)}}
+    # a second reader holding the same rows in another order (stores sort rows by token count) and noise only
+    flip = np.random.default_rng(1).permutation(len(dev_labels))
+    train["noise"] = {key: _layers(train_labels, 9, None)}
+    dev["noise"] = {key: _layers(dev_labels, 10, None).subset(flip)}
     out = real_text_answer(train, dev, n_boot=300, seed=0)
+    noise_rows = dev["noise"][key].labels["id"].tolist()
+    assert noise_rows != dev_labels["id"].tolist()  # really another order
     macro = out["scores"][out["scores"]["class"] == "macro"].set_index("reader")["f1"]
     gap = out["gaps"].set_index("reader").loc["model"]
     if words_informative:  # only the words carry the label: the bag of words wins, the activations are at chance
@@ -80,7 +86,16 @@ def test_real_text_answer_is_chosen_on_train_and_can_go_either_way(words_informa
         assert macro["model"] > 0.9 and macro["tf-idf"] < 0.45 and gap["lo"] > 0
     # the dev labels play no part in any choice: shuffling them leaves every choice unchanged
     shuffled = dev_labels.assign(emotion=np.random.default_rng(0).permutation(dev_labels["emotion"].to_numpy()))
-    dev2 = {"model": {key: _layers(shuffled, 8, signal)}}
+    dev2 = {"model": {key: _layers(shuffled, 8, signal)}, "noise": {key: _layers(shuffled, 10, None).subset(flip)}}
     again = real_text_answer(train, dev2, n_boot=50, seed=0)
     pd.testing.assert_frame_equal(again["choices"], out["choices"])
     assert again["tfidf_cv"].equals(out["tfidf_cv"])
+
+
+def test_real_text_answer_refuses_readers_with_other_rows():
+    labels = _rows(10, 1, words_informative=True)
+    key = ("hook_resid_post", "sentence_end")
+    train = {"a": {key: _layers(labels, 1, 0)}, "b": {key: _layers(labels, 2, 0)}}
+    dev = {"a": {key: _layers(labels, 3, 0)}, "b": {key: _layers(labels, 4, 0).subset(np.arange(20))}}
+    with pytest.raises(ValueError, match=r"b hook_resid_post sentence_end \(dev\) holds 20 rows, not the 40 rows"):
+        real_text_answer(train, dev, n_boot=10)
