@@ -286,8 +286,8 @@ assert screen.groupby(["model", "emotion", "score"])["value"].nunique().gt(1).al
 assert sweeps["effect"].notna().all() and tvr["p_value"].between(1 / (1 + n_random_null), 1).all()
 assert (tvr["p_adjusted"] >= tvr["p_value"]).all() and (tvr["n_random"] == n_random_null).all()
 assert (tvr["change_lo"] <= tvr["change"]).all() and (tvr["change"] <= tvr["change_hi"]).all()
-assert not set(tables["prompts"].query("half == 'selection'")["id"]) & set(
-    tables["prompts"].query("half == 'evaluation'")["id"])  # the halves share no prompt
+assert all(not set(g.loc[g["half"] == "selection", "group"]) & set(g.loc[g["half"] == "evaluation", "group"])
+           for _, g in tables["prompts"].groupby(["model", "prompt_emotion"]))  # per model and emotion, no shared text group
 assert tables["generations"]["vader"].between(-1, 1).all() and "p_value" not in tables["generation_vs_random"]
 assert sw.groupby(["model", "emotion", "what"]).size().groupby("model").nunique().eq(1).all()  # every head, every sweep
 if vectors_run:
