@@ -22,7 +22,7 @@ from lib.emotions import EMOTIONS
 from lib.activations.layerwise import LayerData
 from lib.geometry.folds import text_groups
 from lib.geometry.probes import fit_probe, probe_cv
-from lib.stats.bootstrap import group_bootstrap, percentile_interval
+from lib.stats.bootstrap import group_bootstrap, group_codes, percentile_interval
 from lib.stats.splits import grouped_folds, split_record
 
 __all__ = ["per_class_f1", "choose_probe", "tfidf_model", "choose_tfidf", "score_on_dev", "paired_gap",
@@ -103,7 +103,7 @@ def score_on_dev(y_dev, preds: dict, groups, *, n_boot: int = 2000, seed: int = 
     classes = [c for c in EMOTIONS if c in set(y.tolist())]
     preds = {k: np.asarray(v) for k, v in preds.items()}
     reps = group_bootstrap(lambda w: np.concatenate(list(_weighted_f1(y, preds, classes, w).values()), axis=1),
-                           np.unique(groups, return_inverse=True)[1].ravel(), n_boot=n_boot, seed=seed, block=200)
+                           group_codes(groups, len(y)), n_boot=n_boot, seed=seed, block=200)
     k = len(classes)
     rows = []
     for i, (name, pred) in enumerate(preds.items()):
@@ -125,7 +125,7 @@ def paired_gap(y_dev, pred_a, pred_b, groups, *, n_boot: int = 2000, seed: int =
     classes = [c for c in EMOTIONS if c in set(y.tolist())]
     preds = {"a": np.asarray(pred_a), "b": np.asarray(pred_b)}
     reps = group_bootstrap(lambda w: (lambda f: f["a"].mean(1) - f["b"].mean(1))(_weighted_f1(y, preds, classes, w)),
-                           np.unique(groups, return_inverse=True)[1].ravel(), n_boot=n_boot, seed=seed, block=200)
+                           group_codes(groups, len(y)), n_boot=n_boot, seed=seed, block=200)
     lo, hi = percentile_interval(reps)
     gap = per_class_f1(y, preds["a"], classes).mean() - per_class_f1(y, preds["b"], classes).mean()
     return {"gap": float(gap), "lo": float(lo), "hi": float(hi)}
