@@ -43,8 +43,9 @@ def _check_rules(stem: str, params: dict) -> None:
 def _check_registry(stem: str, params: dict) -> None:
     from lib.models.registry import ModelUnavailableError, check_available, resolve_device, resolve_spec
 
-    for key in ("models", "control_models"):
-        for name in params.get(key) or []:
+    for key in ("models", "control_models", "pre_model", "fine_model"):
+        value = params.get(key) or []
+        for name in [value] if isinstance(value, str) else value:
             try:
                 spec = resolve_spec(name)
                 check_available(resolve_spec(spec.source) if spec.kind == "random" else spec)

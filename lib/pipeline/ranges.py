@@ -168,6 +168,23 @@ def _analysis_rules() -> dict[str, Rule]:
     }
 
 
+def _strength_rules() -> dict[str, Rule]:
+    """Keys of phase 06 (head strength before and after fine-tuning)."""
+    return {
+        "pre_model": MODEL, "fine_model": text(pattern=r"(?s)|.*\S.*", what="'' (fine-tune pre_model here) or a "
+                                                                            "model name or folder"),
+        "method": text(choices=("lora", "full")), "lora_rank": COUNT, "lora_alpha": Rule("number", 0, low_open=True),
+        "target_modules": listof(text(pattern=r"[A-Za-z_][A-Za-z0-9_.]*", what="a module name, e.g. 'q_proj'"),
+                                 what="[] (the architecture's attention projections) or module names"),
+        "steps": COUNT, "learning_rate": Rule("number", 0, 1, low_open=True), "max_text_tokens": integer(4),
+        "n_train_per_emotion": integer(2), "n_reference": COUNT, "n_eval_per_emotion": integer(2),
+        "fractions": listof(Rule("number", 0, 1), 2, requires=(0.0,),
+                            what="a list of distinct fractions in [0, 1] of heads removed, holding 0.0"),
+        "n_random_orders": COUNT, "top_frac": Rule("number", 0, 1, low_open=True), "n_perm": COUNT,
+        "eval_batch_size": COUNT,
+    }
+
+
 @lru_cache(maxsize=1)
 def _table() -> tuple[dict[str, Rule], dict[str, dict[str, Rule]]]:
     """(rules shared by every phase, each phase's own narrower rules); built on first use (lazy imports)."""
@@ -176,6 +193,7 @@ def _table() -> tuple[dict[str, Rule], dict[str, dict[str, Rule]]]:
         "02_activations": {"dtype": text(choices=("float16", "float32"))},  # the store's dtype
         "03_emotion_vectors": {"fit_profiles": listof(_profiles(splits=True), 2, what="a list of at least 2 distinct "
                                                       "profiles (stability compares the first two)")},
+        "06_head_strength": _strength_rules(),
     }
     return {**_early_rules(), **_analysis_rules()}, by_stem
 
