@@ -26,7 +26,8 @@
 # the same architecture) or, when that is empty, a fine-tune made here: GoEmotions *train* comments
 # as "Text: <comment>\nEmotion:" -> " gratitude" / " anger" / " apology" / " neutral", through LoRA
 # (`peft`; `method: full` trains every weight), seeded, resumable from checkpoints. The merged weights
-# are saved as safetensors with a manifest under `results/finetunes/` and reused by later runs.
+# are saved as safetensors with a manifest under `results/06_head_strength/finetunes/` and reused by
+# later runs.
 #
 # **Split.** Fine-tuning uses `n_train_per_emotion` train comments per label; the mean-ablation
 # reference set is `n_reference` other train comments. Balanced GoEmotions *dev* comments are halved
@@ -50,8 +51,9 @@
 # - agreement: Spearman rho over heads, a 95% bootstrap interval over the measure half's prompts and a
 #   permutation p over heads, Benjamini-Hochberg adjusted over the table; top 10% overlap against its
 #   chance value k^2 / N with a hypergeometric p;
-# - pruning: heads removed (mean-ablated at the answer position, together) in order of increasing R_h or
-#   importance, and in `n_random_orders` random orders.
+# - pruning: heads removed (mean-ablated at the answer position, together) in order of increasing R_h
+#   or importance (the signed ablation loss increase, its size, Michel's gradient score), and in
+#   `n_random_orders` random orders.
 #
 # **Outputs.** `heads.csv` (every head: strength and importance before and after), `agreement.csv`,
 # `pruning.csv`, `objective.csv`, `training.csv`, `timings.csv`, `finetune.json`, and the command
@@ -71,6 +73,7 @@ batch_size = 4
 learning_rate = 0.001
 max_text_tokens = 16
 n_train_per_emotion = 8
+n_probe_per_emotion = 6
 n_reference = 8
 n_eval_per_emotion = 6
 fractions = [0.0, 0.25, 0.5]
@@ -107,19 +110,20 @@ out = prepare_output_dir(output_dir)
 config = StrengthConfig(pre_model=pre_model, fine_model=fine_model, emotions=tuple(emotions), method=method,
                         lora_rank=lora_rank, lora_alpha=lora_alpha, target_modules=tuple(target_modules), steps=steps,
                         batch_size=batch_size, learning_rate=learning_rate, max_text_tokens=max_text_tokens,
-                        n_train_per_emotion=n_train_per_emotion, n_reference=n_reference,
+                        n_train_per_emotion=n_train_per_emotion, n_probe_per_emotion=n_probe_per_emotion,
+                        n_reference=n_reference,
                         n_eval_per_emotion=n_eval_per_emotion, fractions=tuple(fractions),
                         n_random_orders=n_random_orders, top_frac=top_frac, n_boot=n_boot, n_perm=n_perm,
                         eval_batch_size=eval_batch_size, device=device, dtype=dtype, seed=seed)
 
 # %% [markdown]
 # ## Fine-tune and measure
-# Under `make reproduce` the fine-tune is kept in `results/finetunes/` (named by the base model's weights
-# hash and every setting it depends on) and reused; a killed fine-tune resumes from its last checkpoint.
+# Under `make reproduce` the fine-tune is kept in `results/06_head_strength/finetunes/` (named by the base
+# model's weights hash and every setting it depends on) and reused; a killed fine-tune resumes from its last checkpoint.
 # Smoke and interactive runs fine-tune into a temporary folder.
 
 # %%
-run = run_phase(config, out, RESULTS / "finetunes" if output_dir else None)
+run = run_phase(config, out, RESULTS / "06_head_strength" / "finetunes" if output_dir else None)
 tables = run.tables
 display(tables["timings"])
 

@@ -61,6 +61,7 @@ class StrengthConfig:
     learning_rate: float = 1e-3
     max_text_tokens: int = 32
     n_train_per_emotion: int = 250
+    n_probe_per_emotion: int = 100
     n_reference: int = 64
     n_eval_per_emotion: int = 64
     fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
@@ -110,15 +111,18 @@ def select_rows(config: StrengthConfig) -> tuple[dict[str, pd.DataFrame], dict]:
                     config.seed).reset_index(drop=True)
     groups = text_groups(dev["text"])
     measure, prune = group_halves(dev["emotion"].to_numpy(), groups, seed=config.seed)
-    rows = {"train": fit.reset_index(drop=True), "reference": reference.reset_index(drop=True),
+    probe = pd.concat([fit[fit["emotion"] == e].iloc[:config.n_probe_per_emotion] for e in config.emotions])
+    rows = {"train": fit.reset_index(drop=True), "probe": probe.reset_index(drop=True),
+            "reference": reference.reset_index(drop=True),
             "measure": dev.iloc[measure].reset_index(drop=True), "prune": dev.iloc[prune].reset_index(drop=True)}
     splits = {"dev_halves": split_record("dev_halves", "GoEmotions dev rows, balanced per label, halved by text "
                                          "group (stratified): measure (R_h, importance, correlations, orders) and "
                                          "prune (objective before/after, pruning curves)", config.seed,
                                          measure=measure, prune=prune),
-              "train_rows": {"rule": "GoEmotions train rows, balanced per label (fine-tune); reference: other "
+              "train_rows": {"rule": "GoEmotions train rows, balanced per label (fine-tune; the probe reference "
+                                     "fits on the first n_probe_per_emotion of them per label); reference: other "
                                      "train rows (mean-ablation means)", "seed": config.seed,
-                             "sizes": {"train": len(fit), "reference": len(reference)}}}
+                             "sizes": {"train": len(fit), "probe": len(probe), "reference": len(reference)}}}
     return rows, splits
 
 
@@ -250,12 +254,14 @@ def agreement_frame(pre: dict, fine: dict, config: StrengthConfig) -> pd.DataFra
 
 def pruning_orders(heads: pd.DataFrame, config: StrengthConfig) -> dict[str, list[tuple[int, int]]]:
     """Removal orders, weakest or least important first (all chosen on the measure half): R_h before and after,
-    ablation and gradient importance after, and ``n_random_orders`` random orders."""
+    ablation importance after (the signed loss increase, and its size: a head whose removal lowers the loss
+    matters too), gradient importance after, and ``n_random_orders`` random orders."""
     def by(col):
         d = heads.sort_values([col, "layer", "head"], kind="stable")
         return list(zip(d["layer"].astype(int), d["head"].astype(int)))
+    heads = heads.assign(ablation_size=heads["ablation_fine"].abs())
     orders = {"R_h before": by("R_pre"), "R_h after": by("R_fine"), "ablation importance after": by("ablation_fine"),
-              "gradient importance after": by("gradient_fine")}
+              "|ablation effect| after": by("ablation_size"), "gradient importance after": by("gradient_fine")}
     every = list(zip(heads["layer"].astype(int), heads["head"].astype(int)))
     for i, order in enumerate(random_orders(every, config.n_random_orders, config.seed)):
         orders[f"random {i + 1}"] = order
@@ -313,16 +319,15 @@ def run_phase(config: StrengthConfig, scratch: Path, finetune_root: Path | None 
     with _timed(steps, "objective before and after", 2 * len(dev.prompts)) as tick:
         for tag, model in (("pre", pre), ("fine", fine)):
             scores[tag] = score(model, dev, batch_size=config.eval_batch_size, progress=tick)
-    with _timed(steps, "probe reference", len(examples["train"].prompts) + len(dev.prompts)) as tick:
-        reference = probe_reference(pre, examples["train"], dev, seed=config.seed, batch_size=config.eval_batch_size,
+    with _timed(steps, "probe reference", len(examples["probe"].prompts) + len(dev.prompts)) as tick:
+        reference = probe_reference(pre, examples["probe"], dev, seed=config.seed, batch_size=config.eval_batch_size,
                                     progress=tick)
     measured = {tag: _measure_model(model, examples["measure"], examples["reference"], config, tag, steps)
                 for tag, model in (("pre", pre), ("fine", fine))}
     heads = head_frame(measured["pre"], measured["fine"], n_layers, n_heads)
     agreement = agreement_frame(measured["pre"], measured["fine"], config)
     orders = pruning_orders(heads, config)
-    with _timed(steps, "pruning curves", len(examples["prune"].prompts) * len(orders) * (len(config.fractions) - 1)) \
-            as tick:
+    with _timed(steps, "pruning curves", len(examples["prune"].prompts)) as tick:
         curves = pruning_curves(fine, examples["prune"].prompts, examples["prune"].targets,
                                 orders, list(config.fractions),
                                 reference_mean=measured["fine"]["reference_mean"], positions="last",

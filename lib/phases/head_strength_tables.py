@@ -129,7 +129,7 @@ def findings(run) -> list[dict]:
     pre, fine, probe = acc.iloc[0], acc.iloc[1], acc.iloc[2]
     h, c = _headline(a, "R_pre"), _headline(a, "importance_pre")
     at = loss_at(curves, 0.3).set_index("order")
-    imp = at.loc["ablation importance after"]
+    imp = at.loc["gradient importance after"]
     rnd = at.iloc[-1]
     return [
         {"question": "Does the fine-tune learn the label objective?",
@@ -146,8 +146,8 @@ def findings(run) -> list[dict]:
                     f"permutation null over heads",
          "figure": "Strength before against importance after"},
         {"question": "How many heads can go?",
-         "finding": f"removing {imp['fraction']:.0%} of heads (least important first) changes the loss by "
-                    f"{imp['increase']:+.3f}",
+         "finding": f"removing {imp['fraction']:.0%} of heads, least important first by Michel et al.'s gradient "
+                    f"score, changes the prune half's loss by {imp['increase']:+.3f}",
          "control": f"random orders: {rnd['increase']:+.3f} [{rnd.get('band_low', np.nan):+.3f}, "
                     f"{rnd.get('band_high', np.nan):+.3f}]",
          "figure": "Pruning curves"},

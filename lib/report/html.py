@@ -75,7 +75,7 @@ def findings_rows(manifest: dict) -> list[str]:
 def write_index() -> Path:
     """``reports/index.html``: the findings of every report first (question, held-out answer, control, figure),
     then every report with its summary, when and from what it was made."""
-    manifests = [json.loads(path.read_text()) for path in sorted(paths.RESULTS.glob("*/*/manifest.json"))]
+    manifests = [json.loads(path.read_text()) for path in sorted(paths.RESULTS.glob("[0-9][0-9]_*/*/manifest.json"))]
     rows = [_index_row(m) for m in manifests]
     found = [row for m in manifests for row in findings_rows(m)]
     findings = ("<h2>Findings</h2><p>Each answer is estimated on rows that did not choose or fit it, beside a "
