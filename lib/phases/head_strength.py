@@ -40,7 +40,8 @@ from lib.stats.multitest import adjust_family
 from lib.stats.splits import group_halves, split_record
 from lib.text.datasets import load_goemotions
 
-__all__ = ["EMOTION_CHOICES", "StrengthConfig", "StrengthRun", "select_rows", "finetune_key", "run_phase"]
+__all__ = ["EMOTION_CHOICES", "StrengthConfig", "StrengthRun", "select_rows", "finetune_key", "finetune_config",
+           "run_phase"]
 
 EMOTION_CHOICES = EMOTIONS  # the objective's answers: the three emotions and neutral
 
@@ -268,13 +269,18 @@ def pruning_orders(heads: pd.DataFrame, config: StrengthConfig) -> dict[str, lis
     return orders
 
 
+def finetune_config(config: StrengthConfig) -> FinetuneConfig:
+    """The fine-tune's settings taken from the phase's (the rest keep ``FinetuneConfig``'s defaults)."""
+    return FinetuneConfig(method=config.method, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                          target_modules=tuple(config.target_modules) or None, steps=config.steps,
+                          batch_size=config.batch_size, learning_rate=config.learning_rate,
+                          max_text_tokens=config.max_text_tokens, seed=config.seed)
+
+
 def _finetuned(pre, tok, examples, config: StrengthConfig, folder: Path, base: dict, device: str, steps: dict):
     """The fine-tuned model: ``folder``'s finished fine-tune when its settings match (``lib.finetune.train``),
     else trained into it (resuming from its checkpoints), then loaded back from the saved safetensors."""
-    ft = FinetuneConfig(method=config.method, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
-                        target_modules=tuple(config.target_modules) or None, steps=config.steps,
-                        batch_size=config.batch_size, learning_rate=config.learning_rate,
-                        max_text_tokens=config.max_text_tokens, seed=config.seed)
+    ft = finetune_config(config)
     with _timed(steps, "fine-tune", config.steps) as tick:
         result = finetune(pre, tok, examples, ft, folder, progress=tick, base_identity=base,
                           base_sha256=base["weights_sha256"])

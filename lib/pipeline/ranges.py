@@ -177,7 +177,7 @@ def _strength_rules() -> dict[str, Rule]:
         "target_modules": listof(text(pattern=r"[A-Za-z_][A-Za-z0-9_.]*", what="a module name, e.g. 'q_proj'"),
                                  what="[] (the architecture's attention projections) or module names"),
         "steps": COUNT, "learning_rate": Rule("number", 0, 1, low_open=True), "max_text_tokens": integer(4),
-        "n_train_per_emotion": integer(2), "n_probe_per_emotion": integer(2), "n_reference": COUNT, "n_eval_per_emotion": integer(2),
+        "n_train_per_emotion": integer(2), "n_probe_per_emotion": integer(5, what="an integer >= 5 (the probe's layer is chosen by 5-fold CV)"), "n_reference": COUNT, "n_eval_per_emotion": integer(2),
         "fractions": listof(Rule("number", 0, 1), 2, requires=(0.0,),
                             what="a list of distinct fractions in [0, 1] of heads removed, holding 0.0"),
         "n_random_orders": COUNT, "top_frac": Rule("number", 0, 1, low_open=True), "n_perm": COUNT,

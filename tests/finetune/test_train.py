@@ -96,7 +96,7 @@ def test_a_full_fine_tune_of_tied_embeddings_keeps_them_tied_and_reloads(tok, na
     assert state_dict_sha256(reloaded) == r.weights_sha256
 
 
-@pytest.mark.parametrize("method, lr, steps", [("lora", 3e-2, 80), ("full", 3e-3, 40)])
+@pytest.mark.parametrize("method, lr, steps", [("lora", 2e-2, 80), ("full", 3e-3, 40)])  # 3e-2 overshoots on 2 threads
 def test_the_loss_falls_on_a_learnable_mapping(train_dev, tok, method, lr, steps, tmp_path):
     train, dev = train_dev
     hf = build_tiny_model("tiny-llama")

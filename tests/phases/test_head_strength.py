@@ -112,3 +112,41 @@ def test_findings_name_the_headline_numbers():
     assert "0.300 [0.200, 0.400] before, 0.600 [0.500, 0.700] after" in f[0]["finding"]
     h = ag[(ag["x"] == "R_pre") & (ag["importance"] == "ablation")].iloc[0]
     assert f"{h['rho']:.3f}" in f[1]["finding"] and "+0.200" in f[2]["finding"]
+
+
+def test_two_given_checkpoints_are_compared_without_fine_tuning(tmp_path):
+    """``fine_model`` set: no fine-tune; a model compared with a copy of itself has ratios 1 and the same importance."""
+    from lib.models.tiny import build_tiny_model, build_tiny_tokenizer
+    from lib.phases.head_strength import run_phase
+
+    folder = tmp_path / "copy"
+    build_tiny_model("tiny-gpt2").save_pretrained(folder)
+    build_tiny_tokenizer().save_pretrained(folder)
+    cfg = StrengthConfig(pre_model="tiny-gpt2", fine_model=str(folder), n_train_per_emotion=6, n_probe_per_emotion=6,
+                         n_reference=4, n_eval_per_emotion=4, fractions=(0.0, 0.5), n_random_orders=2, n_boot=20,
+                         n_perm=20, eval_batch_size=4, device="cpu")
+    run = run_phase(cfg, tmp_path / "scratch")
+    assert not run.finetune["trained_here"] and not (tmp_path / "scratch").exists()
+    h = run.tables["heads"]
+    assert np.allclose(h["R_ratio"], 1.0, rtol=1e-6) and np.allclose(h["ablation_pre"], h["ablation_fine"], atol=1e-6)
+    assert [i["role"] for i in run.identities] == ["pre", "fine"]
+    assert run.identities[0]["weights_sha256"] == run.identities[1]["weights_sha256"]
+    obj = run.tables["objective"].set_index(["model", "metric"])["mean"]
+    assert obj[("before fine-tuning", "loss")] == pytest.approx(obj[("after fine-tuning", "loss")], rel=1e-6)
+
+
+def test_a_fine_model_of_another_shape_is_refused(tmp_path):
+    from lib.models.tiny import build_tiny_model, build_tiny_tokenizer
+    from lib.phases.head_strength import run_phase
+
+    import transformers
+
+    config = build_tiny_model("tiny-gpt2").config
+    config.n_layer = 3  # the same tokenizer, one more layer
+    folder = tmp_path / "deeper"
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    build_tiny_tokenizer().save_pretrained(folder)
+    cfg = StrengthConfig(pre_model="tiny-gpt2", fine_model=str(folder), n_train_per_emotion=6, n_probe_per_emotion=6,
+                         n_reference=4, n_eval_per_emotion=4, device="cpu")
+    with pytest.raises(ValueError, match="has 2 layers x 4 heads but fine_model .* has 3 x 4"):
+        run_phase(cfg, tmp_path / "scratch")
