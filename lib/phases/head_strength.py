@@ -152,11 +152,11 @@ def _texts(rows: pd.DataFrame) -> list[str]:
     return rows["text"].tolist()
 
 
-def _measure_model(hf, examples, reference, config: StrengthConfig, label: str, steps: dict) -> dict:
+def _measure_model(hf, examples, reference, config: StrengthConfig, label: str, name: str, steps: dict) -> dict:
     """R_h per sample (the prompts of the measure half), ablation and gradient importance per row."""
     n = len(examples.prompts)
     with _timed(steps, f"{label}: activation strength", -(-n // config.eval_batch_size)) as tick:
-        ex = ActivationExtractor(hf, label)
+        ex = ActivationExtractor(hf, name)
         with ex:
             ex.register_hooks()
             ex.extract_activations(_prompt_batches(examples, config.eval_batch_size), progress=tick)
@@ -328,7 +328,8 @@ def run_phase(config: StrengthConfig, scratch: Path, finetune_root: Path | None 
     with _timed(steps, "probe reference", len(examples["probe"].prompts) + len(dev.prompts)) as tick:
         reference = probe_reference(pre, examples["probe"], dev, seed=config.seed, batch_size=config.eval_batch_size,
                                     progress=tick)
-    measured = {tag: _measure_model(model, examples["measure"], examples["reference"], config, tag, steps)
+    names = {"pre": identities[0]["name"], "fine": Path(identities[1]["name"]).name}
+    measured = {tag: _measure_model(model, examples["measure"], examples["reference"], config, tag, names[tag], steps)
                 for tag, model in (("pre", pre), ("fine", fine))}
     heads = head_frame(measured["pre"], measured["fine"], n_layers, n_heads)
     agreement = agreement_frame(measured["pre"], measured["fine"], config)
