@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lib.errors import UserError
 from lib.paths import relative
+from lib.models.weights import sha256_file
 
 __all__ = ["StoreError", "CHECKSUM", "crc32c_codec", "add_checksum", "strip_checksum", "chunk_files",
            "integrity_record", "check_files", "verify"]
@@ -101,14 +102,6 @@ def chunk_files(root: Path, array: str) -> list[str]:
     return sorted(out)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _metadata_sha256(root: Path) -> str:
     h = hashlib.sha256()
     for meta in sorted(root.rglob("zarr.json")):
@@ -128,7 +121,7 @@ def integrity_record(root: Path, checksum: bool = True) -> dict:
     for array in _arrays(root):
         names = chunk_files(root, array)
         chunks[array] = {"n": len(names), "names_sha256": _names_sha256(names)}
-    return {"checksum": CHECKSUM if checksum else None, "labels_sha256": _sha256_file(root / "labels.jsonl"),
+    return {"checksum": CHECKSUM if checksum else None, "labels_sha256": sha256_file(root / "labels.jsonl"),
             "metadata_sha256": _metadata_sha256(root), "chunks": chunks}
 
 
@@ -138,7 +131,7 @@ def check_files(root: Path, record: dict) -> None:
     where = relative(root)
     fix = "extract it again (or copy it again from a complete copy)"
     labels = root / "labels.jsonl"
-    if not labels.exists() or _sha256_file(labels) != record["labels_sha256"]:
+    if not labels.exists() or sha256_file(labels) != record["labels_sha256"]:
         raise StoreError(f"{where}: labels.jsonl is missing or differs from the one the store was written with "
                          f"(rows edited, reordered or cut off); {fix}")
     if _metadata_sha256(root) != record["metadata_sha256"]:

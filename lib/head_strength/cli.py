@@ -20,7 +20,6 @@ overwritten. Bad input is one ``error: ...`` line and exit status 2; a fault of 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 from lib.errors import UserError, run_command
 from lib.files import write_json
 from lib.settings import apply_hub_policy
+from lib.models.weights import sha256_file
 
 __all__ = ["main", "parse_indices", "compare_models", "OUTPUT_FILES", "MANIFEST"]
 
@@ -66,14 +66,6 @@ def parse_indices(text: str | None, flag: str) -> list[int] | None:
     return sorted(out)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _ours(out: Path) -> dict[str, list[str]]:
     """{file: accepted sha256s} from a manifest this command left in ``out`` (empty when there is none)."""
     try:
@@ -96,7 +88,7 @@ def _check_output_dir(out: Path) -> None:
             foreign = target.exists() and not ours
         else:
             foreign = (target.exists() or target.is_symlink()) and (
-                target.is_symlink() or not target.is_file() or _sha256(target) not in ours.get(name, []))
+                target.is_symlink() or not target.is_file() or sha256_file(target) not in ours.get(name, []))
         if foreign:
             raise OutputDirError(f"{target} exists and was not written by this command (or changed since); nothing "
                                  f"was written: move it away or choose another --output_dir")
@@ -119,7 +111,7 @@ def _swap_in(partial: Path, out: Path, manifest: dict) -> None:
     and accepts the old and the new sha256 of each file, so a kill between them leaves files that a rerun still
     knows as its own (and a manifest that says the set is mixed)."""
     old = _ours(out)
-    new = {name: _sha256(partial / name) for name in OUTPUT_FILES}
+    new = {name: sha256_file(partial / name) for name in OUTPUT_FILES}
     write_json(out / MANIFEST, {**manifest, "complete": False,
                                 "files": {n: sorted({new[n], *old.get(n, [])}) for n in OUTPUT_FILES}})
     for name in OUTPUT_FILES:

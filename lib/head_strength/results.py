@@ -16,7 +16,6 @@ its last real token, ``z_mean`` = the mean over its real tokens of ||z_h||; ``n_
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 
 from lib.errors import UserError
 from lib.files import write_json
+from lib.models.weights import sha256_file
 
 __all__ = ["HeadStats", "HeadStrengthResults", "ResultsFileError", "HeadStrengthError", "load_results",
            "samples_path", "FORMAT", "PER_HEAD_KEYS"]
@@ -63,13 +63,6 @@ def samples_path(path: Path) -> Path:
     path = Path(path)
     return path.with_name(path.stem + ".samples.safetensors")
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -138,7 +131,7 @@ class HeadStrengthResults:
         save_file(arrays, str(tmp))
         tmp.replace(side)
         body = self.to_json()
-        body["samples_file"] = {"name": side.name, "sha256": _sha256(side)}
+        body["samples_file"] = {"name": side.name, "sha256": sha256_file(side)}
         write_json(path, body)
         return path
 
@@ -172,7 +165,7 @@ def load_results(path) -> HeadStrengthResults:
         raise ResultsFileError(f"{path} lacks the field {err}; it is damaged or from another tool")
     if not side.is_file():
         raise ResultsFileError(f"{path}: its per-sample arrays {side.name} are missing beside it")
-    if _sha256(side) != want:
+    if sha256_file(side) != want:
         raise ResultsFileError(f"{side} does not match {path.name} (sha256 differs): one of them was replaced or "
                                f"damaged; rerun the extraction")
     try:

@@ -2,11 +2,18 @@
 interface (a small pre-norm Transformer with hand-written attention, or a GRU), a mean-pooled bottleneck ``h``,
 a decoder back to per-cell colour logits and an auxiliary multi-label primitive head; LoRA through peft.
 
-Shapes: grids ``[B, 8, 8]`` long colour indices in ``0..C-1``; tokens ``[B, T, d_model]`` with
-``T = (8 / patch) ** 2``; ``h`` ``[B, d_bottleneck]``; logits ``[B, C, 8, 8]``; primitive logits ``[B, P]``.
+The model is told which composition to apply by its ``program`` (``lib.synthetic.tasks.program``: the primitive
+ids in order, padded with ``PAD = n_primitives``): ``ProgramEmbedding`` turns it into ``program_length`` tokens
+(an id embedding whose PAD row is zero, plus a position embedding of its own) that the Transformer reads after
+the grid tokens and the GRU before them (so the grid is read knowing the program). ``program=None``: grid
+tokens only. The bottleneck is the mean over every token of the sequence.
+
+Shapes: grids ``[B, 8, 8]`` long colour indices in ``0..C-1``; programs ``[B, program_length]`` long ids in
+``0..n_primitives``; tokens ``[B, T, d_model]`` with ``T = (8 / patch) ** 2`` (+ ``program_length`` with a
+program); ``h`` ``[B, d_bottleneck]``; logits ``[B, C, 8, 8]``; primitive logits ``[B, P]``.
 
 >>> model = GridModel(ModelConfig(n_primitives=5, d_model=16, n_layers=1, n_heads=2, d_bottleneck=8))
->>> out = model(torch.zeros(3, 8, 8, dtype=torch.long))
+>>> out = model(torch.zeros(3, 8, 8, dtype=torch.long), torch.tensor([[0, 4, 5]] * 3))
 >>> tuple(out.logits.shape), tuple(out.h.shape), tuple(out["primitive_logits"].shape)
 ((3, 6, 8, 8), (3, 8), (3, 5))
 """
@@ -22,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["GRID", "ENCODERS", "DECODERS", "DEFAULT_LORA_TARGETS", "ModelConfig", "GridOutput", "PatchEmbedding",
-           "Attention", "Encoder", "TransformerEncoder", "GRUEncoder", "GridModel", "one_hot_grids",
-           "check_grids", "add_lora"]
+           "ProgramEmbedding", "Attention", "Encoder", "TransformerEncoder", "GRUEncoder", "GridModel",
+           "one_hot_grids", "check_grids", "check_programs", "add_lora"]
 
 GRID = 8  # grid side: every grid is GRID x GRID cells
 ENCODERS = ("transformer", "gru")
@@ -34,7 +41,8 @@ DEFAULT_LORA_TARGETS = ("bottleneck", "decoder.expand")  # the nn.Linear layers 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """One grid model. ``bottleneck_rank``: None, or r (1 <= r < d_bottleneck) to limit h to a fixed random
-    r-dimensional subspace (the matched effective-rank control); ``seed`` draws that subspace.
+    r-dimensional subspace (the matched effective-rank control); ``seed`` draws that subspace;
+    ``program_length``: the tokens of a program (``lib.synthetic.tasks.MAX_LENGTH``).
 
     >>> ModelConfig(n_primitives=4).tokens
     16
@@ -51,13 +59,14 @@ class ModelConfig:
     decoder: str = "deconv"
     bottleneck_rank: int | None = None
     seed: int = 0
+    program_length: int = 3
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}; got {self.encoder!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}; got {self.decoder!r}")
-        for name in ("n_primitives", "d_model", "n_layers", "n_heads", "d_bottleneck"):
+        for name in ("n_primitives", "d_model", "n_layers", "n_heads", "d_bottleneck", "program_length"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         if not isinstance(self.n_colours, int) or self.n_colours < 2:
@@ -109,6 +118,22 @@ def check_grids(grids: torch.Tensor, n_colours: int, name: str = "grids") -> Non
                          f"got values in {int(grids.min())}..{int(grids.max())}")
 
 
+def check_programs(program: torch.Tensor, n: int, config: ModelConfig) -> None:
+    """Raise ValueError unless ``program`` is a long tensor [n, program_length] of ids in ``0..n_primitives``
+    (``n_primitives`` is the padding id).
+
+    >>> check_programs(torch.tensor([[0, 1, 2]]), 1, ModelConfig(n_primitives=2))
+    """
+    if not isinstance(program, torch.Tensor) or program.dtype != torch.long:
+        raise ValueError(f"program must be a torch.long tensor; got {getattr(program, 'dtype', type(program))}")
+    if program.ndim != 2 or tuple(program.shape) != (n, config.program_length):
+        raise ValueError(f"program must have shape [B, program_length] = [{n}, {config.program_length}] for "
+                         f"{n} grids; input shape: {tuple(program.shape)}")
+    if program.numel() and (program.min() < 0 or program.max() > config.n_primitives):
+        raise ValueError(f"program ids must lie in 0..{config.n_primitives} ({config.n_primitives} pads); got "
+                         f"values in {int(program.min())}..{int(program.max())}")
+
+
 def one_hot_grids(grids: torch.Tensor, n_colours: int) -> torch.Tensor:
     """Long grids [B, 8, 8] -> float one-hot [B, C, 8, 8].
 
@@ -129,6 +154,19 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, one_hot: torch.Tensor) -> torch.Tensor:
         return self.conv(one_hot).flatten(2).transpose(1, 2) + self.positions  # [B, T, d_model]
+
+
+class ProgramEmbedding(nn.Module):
+    """Program ids [B, L] -> tokens [B, L, d_model]: ``nn.Embedding(n_primitives + 1, d_model,
+    padding_idx=n_primitives)`` (the PAD row stays zero) plus learned program positions."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ids = nn.Embedding(config.n_primitives + 1, config.d_model, padding_idx=config.n_primitives)
+        self.positions = nn.Parameter(0.02 * torch.randn(config.program_length, config.d_model))
+
+    def forward(self, program: torch.Tensor) -> torch.Tensor:
+        return self.ids(program) + self.positions  # [B, L, d_model]
 
 
 class Attention(nn.Module):
@@ -240,7 +278,8 @@ class _MLPDecoder(nn.Module):
 
 
 class GridModel(nn.Module):
-    """Patch embedding -> encoder -> mean over tokens -> Linear ``bottleneck`` (h) -> decoder and primitive head.
+    """Patch (and program) embedding -> encoder -> mean over tokens -> Linear ``bottleneck`` (h) -> decoder and
+    primitive head.
 
     Parameters are drawn from ``torch.manual_seed(seed)`` inside a forked RNG (the global RNG is left as it was);
     the matched-rank subspace, a fixed buffer ``rank_basis`` [d_bottleneck, r], comes from ``config.seed``.
@@ -261,6 +300,7 @@ class GridModel(nn.Module):
             self.bottleneck = nn.Linear(config.d_model, config.d_bottleneck)
             self.decoder = _DeconvDecoder(config) if config.decoder == "deconv" else _MLPDecoder(config)
             self.primitive_head = nn.Linear(config.d_bottleneck, config.n_primitives)
+            self.program_embed = ProgramEmbedding(config)  # drawn last: the other weights are as without it
         if config.bottleneck_rank is not None:
             g = torch.Generator().manual_seed(config.seed)
             basis = torch.linalg.qr(torch.randn(config.d_bottleneck, config.bottleneck_rank, generator=g))[0]
@@ -268,22 +308,30 @@ class GridModel(nn.Module):
         else:
             self.rank_basis = None
 
-    def encode_layers(self, grids: torch.Tensor) -> list[torch.Tensor]:
-        """Each encoder layer's output, mean-pooled over tokens: a list of [B, d_model]."""
+    def tokens(self, grids: torch.Tensor, program: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's input sequence [B, T (+ program_length), d_model]: the grid's patch tokens, with the
+        program's tokens after them (Transformer) or before them (GRU) when ``program`` is given."""
         check_grids(grids, self.config.n_colours)
-        return [x.mean(dim=1) for x in self.encoder.layers(self.embed(one_hot_grids(grids, self.config.n_colours)))]
+        x = self.embed(one_hot_grids(grids, self.config.n_colours))
+        if program is None:
+            return x
+        check_programs(program, grids.shape[0], self.config)
+        p = self.program_embed(program)
+        return torch.cat([p, x] if self.config.encoder == "gru" else [x, p], dim=1)
 
-    def encode(self, grids: torch.Tensor) -> torch.Tensor:
-        """The bottleneck h [B, d_bottleneck] of input grids [B, 8, 8]."""
-        check_grids(grids, self.config.n_colours)
-        tokens = self.encoder(self.embed(one_hot_grids(grids, self.config.n_colours)))
-        h = self.bottleneck(tokens.mean(dim=1))
+    def encode_layers(self, grids: torch.Tensor, program: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Each encoder layer's output, mean-pooled over the sequence: a list of [B, d_model]."""
+        return [x.mean(dim=1) for x in self.encoder.layers(self.tokens(grids, program))]
+
+    def encode(self, grids: torch.Tensor, program: torch.Tensor | None = None) -> torch.Tensor:
+        """The bottleneck h [B, d_bottleneck] of input grids [B, 8, 8] (and their programs [B, L])."""
+        h = self.bottleneck(self.encoder(self.tokens(grids, program)).mean(dim=1))
         if self.rank_basis is not None:
             h = (h @ self.rank_basis) @ self.rank_basis.T  # h limited to the fixed r-dim subspace
         return h
 
-    def forward(self, grids: torch.Tensor) -> GridOutput:
-        h = self.encode(grids)
+    def forward(self, grids: torch.Tensor, program: torch.Tensor | None = None) -> GridOutput:
+        h = self.encode(grids, program)
         return GridOutput(logits=self.decoder(h), h=h, primitive_logits=self.primitive_head(h))
 
 
