@@ -185,6 +185,28 @@ def _strength_rules() -> dict[str, Rule]:
     }
 
 
+def _shared_rules() -> dict[str, Rule]:
+    """Keys of phase 07 (the shared-subspace experiment on synthetic grids)."""
+    weight = Rule("number", 0)
+    return {
+        "seeds": integer(2, what="an integer >= 2 (intervals over seeds)"),
+        "encoders": listof(text(choices=("transformer", "gru")), 1),
+        "alpha": Rule("number", 0, low_open=True), "alpha_sweep": listof(weight), "matched_rank_control": FLAG,
+        "steps": COUNT, "batch_size": integer(4), "groups_per_batch": COUNT, "samples_per_task": integer(2),
+        "learning_rate": Rule("number", 0, 1, low_open=True), "sharing_k": COUNT, "analysis_k": COUNT, "beta": weight,
+        "d_model": COUNT, "n_layers": COUNT, "d_bottleneck": integer(2), "decoder": text(choices=("mlp", "deconv")),
+        "min_objects": COUNT, "max_objects": COUNT, "max_object_size": COUNT, "n_heldout_pairs": integer(0, 24),
+        "n_test": COUNT, "n_fewshot": COUNT, "fewshot_shots": COUNT, "fewshot_steps": COUNT, "fewshot_rank": COUNT,
+        "fewshot_threshold": Rule("number", 0, 1), "n_eval_per_task": COUNT, "n_analysis_per_task": integer(4),
+        "n_shared": integer(4), "sae_k": COUNT, "sae_l1": weight,
+        "sae_steps": COUNT, "baseline_k": COUNT, "n_null": COUNT,
+        "n_boot": integer(2, what="an integer >= 2 (bootstrap resamples over seeds)"),
+        "workers": COUNT, "ray_address": text(pattern=r"|auto|ray://\S+|[A-Za-z0-9_.-]+:[0-9]+",
+                                              what="'' (no cluster: a loop, or a local Ray with workers > 1), "
+                                                   "'auto', 'host:port' or 'ray://host:port'"),
+    }
+
+
 @lru_cache(maxsize=1)
 def _table() -> tuple[dict[str, Rule], dict[str, dict[str, Rule]]]:
     """(rules shared by every phase, each phase's own narrower rules); built on first use (lazy imports)."""
@@ -194,6 +216,7 @@ def _table() -> tuple[dict[str, Rule], dict[str, dict[str, Rule]]]:
         "03_emotion_vectors": {"fit_profiles": listof(_profiles(splits=True), 2, what="a list of at least 2 distinct "
                                                       "profiles (stability compares the first two)")},
         "06_head_strength": _strength_rules(),
+        "07_shared_subspace": _shared_rules(),
     }
     return {**_early_rules(), **_analysis_rules()}, by_stem
 

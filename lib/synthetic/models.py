@@ -6,7 +6,8 @@ The model is told which composition to apply by its ``program`` (``lib.synthetic
 ids in order, padded with ``PAD = n_primitives``): ``ProgramEmbedding`` turns it into ``program_length`` tokens
 (an id embedding whose PAD row is zero, plus a position embedding of its own) that the Transformer reads after
 the grid tokens and the GRU before them (so the grid is read knowing the program). ``program=None``: grid
-tokens only. The bottleneck is the mean over every token of the sequence.
+tokens only. The bottleneck reads the encoder's grid tokens (which have attended to, or followed, the program):
+flattened (``pool='flatten'``, the default, which keeps where things are) or averaged (``pool='mean'``).
 
 Shapes: grids ``[B, 8, 8]`` long colour indices in ``0..C-1``; programs ``[B, program_length]`` long ids in
 ``0..n_primitives``; tokens ``[B, T, d_model]`` with ``T = (8 / patch) ** 2`` (+ ``program_length`` with a
@@ -34,6 +35,7 @@ __all__ = ["GRID", "ENCODERS", "DECODERS", "DEFAULT_LORA_TARGETS", "ModelConfig"
 
 GRID = 8  # grid side: every grid is GRID x GRID cells
 ENCODERS = ("transformer", "gru")
+POOLS = ("flatten", "mean")  # how the encoder's grid tokens become h's input
 DECODERS = ("deconv", "mlp")
 DEFAULT_LORA_TARGETS = ("bottleneck", "decoder.expand")  # the nn.Linear layers on either side of h
 
@@ -60,10 +62,13 @@ class ModelConfig:
     bottleneck_rank: int | None = None
     seed: int = 0
     program_length: int = 3
+    pool: str = "flatten"
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}; got {self.encoder!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}; got {self.pool!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}; got {self.decoder!r}")
         for name in ("n_primitives", "d_model", "n_layers", "n_heads", "d_bottleneck", "program_length"):
@@ -278,8 +283,8 @@ class _MLPDecoder(nn.Module):
 
 
 class GridModel(nn.Module):
-    """Patch (and program) embedding -> encoder -> mean over tokens -> Linear ``bottleneck`` (h) -> decoder and
-    primitive head.
+    """Patch (and program) embedding -> encoder -> grid tokens flattened (or averaged) -> Linear ``bottleneck`` (h)
+    -> decoder and primitive head.
 
     Parameters are drawn from ``torch.manual_seed(seed)`` inside a forked RNG (the global RNG is left as it was);
     the matched-rank subspace, a fixed buffer ``rank_basis`` [d_bottleneck, r], comes from ``config.seed``.
@@ -297,7 +302,8 @@ class GridModel(nn.Module):
             torch.manual_seed(seed)
             self.embed = PatchEmbedding(config)
             self.encoder = TransformerEncoder(config) if config.encoder == "transformer" else GRUEncoder(config)
-            self.bottleneck = nn.Linear(config.d_model, config.d_bottleneck)
+            pooled = config.d_model * (config.tokens if config.pool == "flatten" else 1)
+            self.bottleneck = nn.Linear(pooled, config.d_bottleneck)
             self.decoder = _DeconvDecoder(config) if config.decoder == "deconv" else _MLPDecoder(config)
             self.primitive_head = nn.Linear(config.d_bottleneck, config.n_primitives)
             self.program_embed = ProgramEmbedding(config)  # drawn last: the other weights are as without it
@@ -325,7 +331,10 @@ class GridModel(nn.Module):
 
     def encode(self, grids: torch.Tensor, program: torch.Tensor | None = None) -> torch.Tensor:
         """The bottleneck h [B, d_bottleneck] of input grids [B, 8, 8] (and their programs [B, L])."""
-        h = self.bottleneck(self.encoder(self.tokens(grids, program)).mean(dim=1))
+        x = self.encoder(self.tokens(grids, program))
+        if program is not None:  # keep the grid tokens (they have read the program)
+            x = x[:, :self.config.tokens] if self.config.encoder == "transformer" else x[:, -self.config.tokens:]
+        h = self.bottleneck(x.flatten(1) if self.config.pool == "flatten" else x.mean(dim=1))
         if self.rank_basis is not None:
             h = (h @ self.rank_basis) @ self.rank_basis.T  # h limited to the fixed r-dim subspace
         return h

@@ -35,7 +35,7 @@ __all__ = ["Task", "MAX_LENGTH", "PAD", "check_task", "compositions", "multi_hot
 Task = tuple[str, ...]
 MAX_LENGTH = 3
 PAD = len(PRIMITIVES)  # the program id of an empty step (an embedding table of P + 1 rows)
-_STREAMS = {"probe": 0, "split": 1, "dataset": 2, "fixed": 3, "sampler": 4}
+_STREAMS = {"probe": 0, "split": 1, "dataset": 2, "fixed": 3, "sampler": 4, "shared-inputs": 5}
 _PROBE_SEED, _N_PROBE = 0, 64
 
 

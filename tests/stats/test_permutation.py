@@ -69,3 +69,16 @@ def test_group_majority_matches_a_hand_count(seed):
         assert np.array_equal(permute(a), group_permutation(y, groups, b))
     with pytest.raises(ValueError, match="equal length"):
         group_majority(["a"], [0, 1])
+
+
+def test_exact_two_sample_p_matches_scipy():
+    from scipy.stats import permutation_test
+
+    from lib.stats.permutation import exact_two_sample_p
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=5), rng.normal(size=5) + 0.8
+    for alt in ("greater", "less", "two-sided"):
+        ref = permutation_test((b, a), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
+                               n_resamples=np.inf, alternative=alt).pvalue
+        assert exact_two_sample_p(a, b, alternative=alt) == pytest.approx(ref, rel=1e-9), alt

@@ -39,8 +39,10 @@ def test_shapes_for_every_encoder_decoder_and_patch(encoder, decoder, patch):
     assert len(layers) == 2 and torch.equal(layers[-1], model.encoder(tokens))
     pooled = [t.mean(dim=1) for t in layers]
     assert all(torch.equal(a, b) for a, b in zip(pooled, model.encode_layers(x)))
-    # h is the Linear bottleneck of the mean over the last layer's tokens; the head reads h
-    torch.testing.assert_close(out.h, model.bottleneck(layers[-1].mean(dim=1)))
+    # h is the Linear bottleneck of the last layer's tokens, flattened (the default pool); the head reads h
+    torch.testing.assert_close(out.h, model.bottleneck(layers[-1].flatten(1)))
+    mean = GridModel(ModelConfig(encoder=encoder, decoder=decoder, patch=patch, pool="mean", **SMALL))
+    torch.testing.assert_close(mean(x).h, mean.bottleneck(mean.encoder(mean.embed(one_hot_grids(x, 6))).mean(dim=1)))
     torch.testing.assert_close(out.primitive_logits, out.h @ model.primitive_head.weight.T + model.primitive_head.bias)
 
 
@@ -173,3 +175,24 @@ def test_config_and_inputs_name_what_is_wrong():
         check_grids(torch.zeros(2, 8, 8), 6)
     with pytest.raises(ValueError, match=r"colours must lie in 0..5; got values in 6..6"):
         GridModel(ModelConfig(**SMALL))(torch.full((1, 8, 8), 6))
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "gru"])
+def test_the_program_is_read_and_h_comes_from_the_grid_tokens(encoder):
+    config = ModelConfig(encoder=encoder, **SMALL)
+    model = GridModel(config)
+    x = _grids(3)
+    prog = torch.tensor([[0, 1, 5], [2, 5, 5], [4, 3, 1]])
+    p_tok = model.program_embed(prog)
+    g_tok = model.embed(one_hot_grids(x, 6))
+    seq = model.encoder(torch.cat([g_tok, p_tok] if encoder == "transformer" else [p_tok, g_tok], dim=1))
+    grid_out = seq[:, :config.tokens] if encoder == "transformer" else seq[:, -config.tokens:]
+    torch.testing.assert_close(model(x, prog).h, model.bottleneck(grid_out.flatten(1)))
+    other = torch.tensor([[1, 0, 5], [2, 5, 5], [4, 3, 1]])  # the first program reordered
+    h1, h2 = model(x, prog).h, model(x, other).h
+    assert not torch.allclose(h1[0], h2[0]) and torch.equal(h1[1:], h2[1:])  # order matters, rows independent
+    assert torch.equal(model.program_embed.ids.weight[5], torch.zeros(16))  # the PAD row stays zero
+    with pytest.raises(ValueError, match="program ids must lie in 0..5"):
+        model(x, torch.full((3, 3), 6))
+    with pytest.raises(ValueError, match="shape"):
+        model(x, prog[:, :2])
