@@ -71,7 +71,8 @@ def test_chosen_cell_heldout_value_interval_and_null_by_direct_computation(run):
             reps = weighted_cka(xa @ xa.T, xb @ xb.T, weights)[1]
             np.testing.assert_allclose(res.replicates[r.pair, r.variant, r.kind], reps, atol=1e-10)
             assert (r.ci_low, r.ci_high) == pytest.approx(tuple(percentile_interval(reps)), abs=1e-10)
-            assert r.n_boot == 60 and r.ci_low <= r.cka_heldout <= r.ci_high
+            # (at CKA = 1 the bounds and the value differ in the last bits, in either order)
+            assert r.n_boot == 60 and r.ci_low - 1e-12 <= r.cka_heldout <= r.ci_high + 1e-12
         else:
             assert np.isnan(r.ci_low) and r.n_boot == 0
         if r.kind == "linear":

@@ -138,7 +138,8 @@ def test_runs_read_must_exist_and_not_be_paths(params_dir, key, stem):
     edit(params_dir, stem, **{key: "../x"})
     refused(stem, f"{key} = '../x'; valid: '' .* or a run name")
     edit(params_dir, stem, **{key: "nope"})
-    refused(stem, f"{key} = 'nope' \\(phase 0[23]_[a-z_]+ has no run 'nope'\\); valid: '' or a run: \\['default', 'seed'\\]")
+    refused(stem, f"{key} = 'nope' \\(phase 0[23]_[a-z_]+ has no run 'nope'\\); valid: '' or a run: "
+                  f"\\['default', 'seed', 'synthetic-large'\\]")
     edit(params_dir, "nope", seed=0)  # an overlay is a run this project can make
     check(stem)
 
