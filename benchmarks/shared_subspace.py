@@ -87,7 +87,7 @@ def main() -> None:
         print(f"regulariser cost: {cost:.1%} of a step (target <= 25%); alone {alone * 1e3:.2f} ms "
               f"({alone * on:.1%} of a step on)")
         if not args.skip_grid:
-            small = default_config(steps=args.grid_steps)
+            small = default_config(train_steps=args.grid_steps)
             one = grid_seconds(small, 1, root / "w1")
             two = grid_seconds(small, 2, root / "w2")
             print(f"grid of 4 runs x {args.grid_steps} steps: 1 worker {one:.1f} s, 2 workers (Ray) {two:.1f} s, "

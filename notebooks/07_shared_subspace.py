@@ -59,7 +59,7 @@ encoders = ["transformer"]
 alpha = 0.1
 alpha_sweep = []
 matched_rank_control = True
-steps = 6
+train_steps = 6
 batch_size = 16
 groups_per_batch = 2
 samples_per_task = 8
@@ -102,7 +102,7 @@ import plotly.express as px
 import torch
 from IPython.display import Markdown, display
 
-from lib.phases.shared_subspace import SharedConfig, examples, run_phase, unit_pictures
+from lib.phases.shared_subspace import SharedConfig, examples, run_phase, split_summary, unit_pictures
 from lib.phases.shared_subspace_tables import (GATE, condition_table, findings, hypothesis_table, run_table,
                                                save_tables, summary_text, sweep_table, training_curves)
 from lib.pipeline.provenance import save_summary
@@ -115,7 +115,7 @@ np.random.seed(seed)
 torch.manual_seed(seed)
 out = prepare_output_dir(output_dir)
 config = SharedConfig(seeds=seeds, encoders=tuple(encoders), alpha=alpha, alpha_sweep=tuple(alpha_sweep),
-                      matched_rank_control=matched_rank_control, steps=steps, batch_size=batch_size,
+                      matched_rank_control=matched_rank_control, train_steps=train_steps, batch_size=batch_size,
                       groups_per_batch=groups_per_batch, samples_per_task=samples_per_task,
                       learning_rate=learning_rate, sharing_k=sharing_k, analysis_k=analysis_k, beta=beta,
                       d_model=d_model,
@@ -127,6 +127,19 @@ config = SharedConfig(seeds=seeds, encoders=tuple(encoders), alpha=alpha, alpha_
                       n_analysis_per_task=n_analysis_per_task, n_shared=n_shared, sae_k=sae_k, sae_l1=sae_l1,
                       sae_steps=sae_steps, baseline_k=baseline_k, n_null=n_null, n_boot=n_boot, workers=workers,
                       ray_address=ray_address, seed=seed)
+
+# %% [markdown]
+# ## The task split
+# Every run shares it (`seed`); no test composition computes a map that a training task computes, every
+# primitive is trained, and the pair coverage says how many of the consecutive pairs inside the test
+# compositions were trained as pairs.
+
+# %%
+split = split_summary(config)
+display(pd.DataFrame([{k: v for k, v in split.items() if not isinstance(v, list)}]))
+display(pd.DataFrame({"zero-shot compositions": pd.Series(split["zero_shot"]),
+                      "few-shot compositions": pd.Series(split["few_shot"]),
+                      "held-out pairs": pd.Series(split["heldout_pairs"])}).fillna(""))
 
 # %% [markdown]
 # ## Train and measure every run
@@ -223,7 +236,7 @@ px.imshow(show, facet_col=0, facet_col_wrap=len(ex["input"]), color_continuous_s
 # %%
 hyp = hypothesis_table(measures, n_boot=n_boot, seed=seed)
 display(hyp[["hypothesis", "comparison", "a_mean", "b_mean", "estimate", "ci_low", "ci_high", "p_improvement",
-             "p_value", "p_adjusted", "verdict"]])
+             "p_value", "p_adjusted", "verdict", "controls"]])
 display(sweep_table(measures))
 
 # %% [markdown]
@@ -234,7 +247,8 @@ save_tables(out, {"runs": run_table(run), "measures": measures, "conditions": ta
                   "planted": planted, "layer_checks": pd.DataFrame(run.layer_checks), "training": curves})
 summary = summary_text(hyp)
 save_summary(out, summary=summary, findings=findings(hyp, measures), matched_rank=run.matched_rank,
-             seconds=run.seconds, splits={"analysis": "halves by sample within task: even rows fit, odd rows score"})
+             seconds=run.seconds, splits={"analysis": "halves by sample within task: even rows fit, odd rows score",
+                                          "tasks": split})
 display(Markdown(f"**Summary.** {summary}"))
 display(Markdown(provenance_markdown()))
 

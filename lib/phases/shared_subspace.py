@@ -17,9 +17,8 @@ inputs (linear and debiased).
 """
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,8 @@ from lib.synthetic.primitives import PRIMITIVES
 from lib.synthetic.sae import SparseAutoencoder, sae_health, train_sae
 from lib.synthetic.tasks import GridSpec
 
-__all__ = ["SharedConfig", "PhaseRun", "run_specs", "control_specs", "participation_ratio", "measure_run",
-           "planted_checks", "run_phase"]
+__all__ = ["SharedConfig", "PhaseRun", "split_summary", "run_specs", "control_specs", "participation_ratio",
+           "measure_run", "planted_checks", "examples", "unit_pictures", "run_phase"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +47,7 @@ class SharedConfig:
     alpha: float = 0.1
     alpha_sweep: tuple = ()
     matched_rank_control: bool = True
-    steps: int = 2000
+    train_steps: int = 2000
     batch_size: int = 64
     groups_per_batch: int = 4
     samples_per_task: int = 512
@@ -125,11 +124,11 @@ def _spec(config: SharedConfig, name: str, encoder: str, alpha: float, seed: int
           rank: int | None = None, untrained: bool = False) -> dict:
     model = {"encoder": encoder, "d_model": config.d_model, "n_layers": config.n_layers,
              "d_bottleneck": config.d_bottleneck, "decoder": config.decoder, "bottleneck_rank": rank}
-    train = {"steps": config.steps, "batch_size": config.batch_size, "groups_per_batch": config.groups_per_batch,
+    train = {"steps": config.train_steps, "batch_size": config.batch_size, "groups_per_batch": config.groups_per_batch,
              "samples_per_task": config.samples_per_task, "lr": config.learning_rate, "alpha": alpha,
-             "alpha_start": config.steps // 4, "alpha_end": config.steps // 2,  # the task is learnt first
+             "alpha_start": config.train_steps // 4, "alpha_end": config.train_steps // 2,  # the task is learnt first
              "sharing_k": config.sharing_k, "beta": config.beta, "spec": dict(config.grid),
-             "eval_every": max(1, config.steps // 8), "checkpoint_every": max(1, config.steps // 8)}
+             "eval_every": max(1, config.train_steps // 8), "checkpoint_every": max(1, config.train_steps // 8)}
     fewshot = {"shots": config.fewshot_shots, "steps": config.fewshot_steps, "rank": config.fewshot_rank,
                "threshold": config.fewshot_threshold, "eval_every": max(1, config.fewshot_steps // 6)}
     return {"name": name, "condition": name, "encoder": encoder, "seed": int(seed), "untrained": untrained,
@@ -155,6 +154,17 @@ def control_specs(config: SharedConfig, out: Path, matched_rank: int | None) -> 
     if matched_rank is not None:
         specs += [_spec(config, "matched-rank", enc, 0.0, s, out, rank=matched_rank) for s in range(config.seeds)]
     return specs
+
+
+def split_summary(config: SharedConfig) -> dict:
+    """The task split every run shares: sizes, held-out pairs and the pair coverage of the test compositions
+    (the fraction of their consecutive pairs trained as pairs, and of compositions with every pair trained)."""
+    split = build_split(_spec(config, "split", config.encoders[0], 0.0, 0, Path(".")))
+    cov = split.pair_coverage("test")
+    return {"train_tasks": len(split.train), "zero_shot_tasks": len(split.test), "few_shot_tasks": len(split.fewshot),
+            "heldout_pairs": [" then ".join(p) for p in split.heldout_pairs],
+            "pair_coverage": cov["fraction"], "tasks_fully_covered": cov["tasks_covered"],
+            "zero_shot": [" then ".join(t) for t in split.test], "few_shot": [" then ".join(t) for t in split.fewshot]}
 
 
 def participation_ratio(h: np.ndarray) -> float:
@@ -359,7 +369,3 @@ def unit_pictures(record: dict, measure: dict, config: SharedConfig) -> tuple[np
             grids += [rows["input"][i].numpy(), rows["target"][i].numpy()]
             titles += [f"{u['primitive']} unit {u['unit']}: input", "target"]
     return np.stack(grids), titles
-
-
-def config_record(config: SharedConfig) -> dict:
-    return json.loads(json.dumps(asdict(config)))

@@ -128,10 +128,33 @@ def hypothesis_table(measures: pd.DataFrame, n_boot: int = 2000, seed: int = 0) 
             verdicts[h] = "supported" if ok and above else "not supported"
         else:
             verdicts[h] = "supported" if ok else "not supported"
+    table["controls"] = _controls(measures, table)
     table["verdict"] = ""
     for h, verdict in verdicts.items():
         table.loc[table.index[table["hypothesis"] == h][0], "verdict"] = verdict
     return table
+
+
+def _mean(measures: pd.DataFrame, condition: str, col: str) -> float:
+    if col not in measures:
+        return float("nan")
+    values = measures.loc[measures["condition"] == condition, col]
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def _controls(measures: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """What stands beside each test: the untrained encoder, the gate, chance and the unregularised SAE."""
+    m = lambda c, col: _mean(measures, c, col)  # noqa: E731
+    text = {
+        "H1": f"untrained {m('untrained', 'sharing_distance'):.3f}; participation ratio off "
+              f"{m('off', 'participation_ratio'):.1f}, on {m('on', 'participation_ratio'):.1f}",
+        "H2": f"in-distribution accuracy off {m('off', 'in_dist_accuracy'):.3f}, on {m('on', 'in_dist_accuracy'):.3f} "
+              f"(gate {GATE}); untrained {m('untrained', 'zero_shot_accuracy'):.3f}",
+        "H3": f"untrained {m('untrained', 'few_shot_auc'):.3f}",
+        "H4": f"chance {m('on', 'chance_f1'):.3f}; untrained SAE {m('untrained', 'sae_f1'):.3f}; "
+              f"SAE on the unregularised model {m('off', 'sae_f1'):.3f} (PCA {m('off', 'pca_f1'):.3f})",
+    }
+    return [text[h] for h in table["hypothesis"]]
 
 
 def sweep_table(measures: pd.DataFrame) -> pd.DataFrame:

@@ -192,7 +192,7 @@ def _shared_rules() -> dict[str, Rule]:
         "seeds": integer(2, what="an integer >= 2 (intervals over seeds)"),
         "encoders": listof(text(choices=("transformer", "gru")), 1),
         "alpha": Rule("number", 0, low_open=True), "alpha_sweep": listof(weight), "matched_rank_control": FLAG,
-        "steps": COUNT, "batch_size": integer(4), "groups_per_batch": COUNT, "samples_per_task": integer(2),
+        "train_steps": COUNT, "batch_size": integer(4), "groups_per_batch": COUNT, "samples_per_task": integer(2),
         "learning_rate": Rule("number", 0, 1, low_open=True), "sharing_k": COUNT, "analysis_k": COUNT, "beta": weight,
         "d_model": COUNT, "n_layers": COUNT, "d_bottleneck": integer(2), "decoder": text(choices=("mlp", "deconv")),
         "min_objects": COUNT, "max_objects": COUNT, "max_object_size": COUNT, "n_heldout_pairs": integer(0, 24),

@@ -34,7 +34,10 @@ def test_decode_equals_numpy_bit_for_bit():
 
 def test_encode_scales_only_the_rows_that_overflow():
     """Exponents are per (row, layer): a row's stored bytes never depend on the other rows of its batch."""
-    x = torch.randn(4, 3, 6) * torch.tensor([1.0, 1e3, 1e5, 1e9]).view(4, 1, 1)
+    # seeded, and rows 2-3 scaled past float16's range whatever the draw (a row of 6 normal values all under
+    # 0.66 in size would not overflow at 1e5: the unseeded version failed about 1 run in 25)
+    x = torch.randn(4, 3, 6, generator=torch.Generator().manual_seed(0))
+    x = x / x.abs().amax(-1, keepdim=True) * torch.tensor([1.0, 1e3, 1e5, 1e9]).view(4, 1, 1)
     x16, exp = encode_f16(x)
     assert exp[:2].eq(0).all() and exp[2:].gt(0).all() and torch.isfinite(x16).all()
     alone = [encode_f16(x[i:i + 1]) for i in range(4)]
