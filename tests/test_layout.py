@@ -10,7 +10,7 @@ from lib.paths import LIB, ROOT
 
 # Each package (or top-level module) may import only from those before it.
 ORDER = ["errors", "paths", "files", "settings", "emotions", "models", "text", "activations", "stats", "geometry",
-         "interventions", "finetune", "head_strength", "synthetic", "phases", "report", "pipeline"]
+         "interventions", "finetune", "head_strength", "synthetic", "steering", "phases", "report", "pipeline"]
 ALIASES = {"extract", "weights"}  # deprecated command-line names, kept for one release: they call down
 MAX_LINES = 400
 
