@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from lib.models.archs import arch_of, get_path
 from lib.models.tiny import TINY_NAMES, build_tiny_model, build_tiny_tokenizer
-from lib.steering.vectors import (VectorSet, contrast_vector, curve_from_differences, export_gguf_control_vector,
-                                  learning_curve, pair_differences, random_like, residual_reads,
-                                  shuffled_label_mean, shuffled_label_vector, swap_signs)
+from lib.steering.vector_files import VectorSet, export_gguf_control_vector
+from lib.steering.vectors import (contrast_vector, curve_from_differences, learning_curve, pair_differences,
+                                  random_like, residual_reads, shuffled_label_mean, shuffled_label_vector, swap_signs)
 
 TEXTS = ["Thank you so much for your help with the move, I really appreciate it.", "Sorry.",
          "Why does this keep happening?", "The library closes at six on weekdays"]
