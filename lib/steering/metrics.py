@@ -1,0 +1,139 @@
+"""Metrics of generated continuations and of steering's side effects: plain functions, arrays in, floats out.
+
+- ``distinct_n(texts, n)``: distinct n-grams / total n-grams, over the whitespace tokens of each text (n-grams
+  never cross texts), pooled over all texts; 0 when there are none.
+- ``continuation_nll(model, tokenizer, prompts, continuations)`` -> [n pairs]: for pair i with prompt tokens
+  p [P] and continuation tokens c [C], -1/C * sum_t log softmax(model(p + c))[P + t - 1, c_t], i.e. the mean
+  negative log-likelihood per continuation token conditioned on the prompt. The prompt is tokenized with the
+  tokenizer's special tokens, the continuation without, each on its own (as generate() produced it). Batches
+  are padded on the tokenizer's ``padding_side``; position ids count real tokens only (cumsum(mask) - 1), so
+  a padded row scores as it would alone.
+- ``perplexity_ratio(nll_steered, nll_unsteered)`` = exp(mean nll_steered) / exp(mean nll_unsteered).
+- ``next_token_kl(logits_p, logits_q, mask)``: logits [batch, pos, vocab], mask [batch, pos] (1 = real); the
+  mean over real positions of KL(softmax p || softmax q) = sum_v p_v (log p_v - log q_v), in nats.
+- ``anti_steerable(before, after)``: changes d = after - before [n] of a per-input target score; the fraction
+  of inputs with d < 0 (steering moved them the wrong way) with a percentile bootstrap interval
+  (``lib.stats.bootstrap.mean_ci`` of the indicator), and quantiles of d.
+
+>>> distinct_n(["a b a b"], 2)  # bigrams (a b), (b a), (a b): 2 distinct of 3
+0.6666666666666666
+>>> round(perplexity_ratio([1.0, 3.0], [2.0, 2.0]), 6)
+1.0
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lib.stats.bootstrap import finite_1d, mean_ci
+
+__all__ = ["distinct_n", "continuation_nll", "perplexity_ratio", "next_token_kl", "anti_steerable"]
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams / total n-grams over the whitespace tokens of all ``texts``; 0.0 when there are none."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n={n!r}; valid values are integers >= 1")
+    seen, total = set(), 0
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"texts[{i}] is {type(t).__name__} {t!r}; distinct_n needs a list of strings")
+        tokens = t.split()
+        grams = [tuple(tokens[j:j + n]) for j in range(len(tokens) - n + 1)]
+        seen.update(grams)
+        total += len(grams)
+    return len(seen) / total if total else 0.0
+
+
+def _pair_ids(tokenizer, prompts: list[str], continuations: list[str]) -> list[tuple[list[int], list[int]]]:
+    if len(prompts) != len(continuations):
+        raise ValueError(f"prompts has {len(prompts)} items but continuations has {len(continuations)}; "
+                         "they must match")
+    pairs = []
+    for i, (p, c) in enumerate(zip(prompts, continuations)):
+        if not isinstance(p, str) or not isinstance(c, str):
+            raise ValueError(f"pair {i} is ({p!r}, {c!r}); prompts and continuations must be strings")
+        p_ids = list(tokenizer(p)["input_ids"])
+        c_ids = list(tokenizer(c, add_special_tokens=False)["input_ids"])
+        if not p_ids or not c_ids:
+            raise ValueError(f"pair {i}: prompt {p!r} gives {len(p_ids)} tokens and continuation {c!r} gives "
+                             f"{len(c_ids)}; both need at least one token")
+        pairs.append((p_ids, c_ids))
+    return pairs
+
+
+@torch.no_grad()
+def continuation_nll(model, tokenizer, prompts: list[str], continuations: list[str], *,
+                     batch_size: int = 8) -> np.ndarray:
+    """Mean NLL per continuation token given the prompt, per pair: float64 [n pairs] (nats)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}; valid values are integers >= 1")
+    pairs = _pair_ids(tokenizer, list(prompts), list(continuations))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("tokenizer has neither pad_token_id nor eos_token_id; set tokenizer.pad_token")
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    device = next(model.parameters()).device
+    out = np.empty(len(pairs), dtype=np.float64)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        width = max(len(p) + len(c) for p, c in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        offsets = []
+        for r, (p, c) in enumerate(chunk):
+            seq = torch.tensor(p + c, dtype=torch.long)
+            off = width - len(seq) if left else 0
+            ids[r, off:off + len(seq)], mask[r, off:off + len(seq)] = seq, 1
+            offsets.append(off)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       position_ids=positions.to(device)).logits  # [b, width, vocab]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        for r, (p, c) in enumerate(chunk):
+            first = offsets[r] + len(p)  # index of the first continuation token
+            rows = torch.arange(first - 1, first - 1 + len(c), device=logp.device)
+            target = torch.tensor(c, dtype=torch.long, device=logp.device)
+            out[start + r] = float(-logp[r, rows, target].mean())
+    return out
+
+
+def perplexity_ratio(nll_steered, nll_unsteered) -> float:
+    """exp(mean ``nll_steered``) / exp(mean ``nll_unsteered``): > 1 when steered text is less likely."""
+    a, b = finite_1d(nll_steered, "nll_steered"), finite_1d(nll_unsteered, "nll_unsteered")
+    return float(np.exp(a.mean() - b.mean()))
+
+
+def next_token_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over real positions (``mask`` [batch, pos] == 1) of KL(softmax p || softmax q), logits
+    [batch, pos, vocab]; computed in float64."""
+    logits_p, logits_q, mask = torch.as_tensor(logits_p), torch.as_tensor(logits_q), torch.as_tensor(mask)
+    if logits_p.shape != logits_q.shape or logits_p.ndim != 3:
+        raise ValueError(f"logits_p {tuple(logits_p.shape)} and logits_q {tuple(logits_q.shape)} must share one "
+                         "shape [batch, pos, vocab]")
+    if tuple(mask.shape) != tuple(logits_p.shape[:2]):
+        raise ValueError(f"mask shape {tuple(mask.shape)}; valid: [batch, pos] = {tuple(logits_p.shape[:2])}")
+    real = mask.to(logits_p.device).bool()
+    if not real.any():
+        raise ValueError("mask has no real positions (all 0); KL is undefined")
+    lp = torch.log_softmax(logits_p.double(), dim=-1)
+    lq = torch.log_softmax(logits_q.double(), dim=-1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)  # [batch, pos]
+    return float(kl[real].mean())
+
+
+def anti_steerable(before, after, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Per-input change d = after - before [n] of the target score:
+    {fraction_negative, ci_low, ci_high (bootstrap, ``level``), n, n_negative, mean_change,
+    quantiles: {q: quantile of d}}."""
+    b, a = finite_1d(before, "before"), finite_1d(after, "after")
+    if a.shape != b.shape:
+        raise ValueError(f"before has {b.size} values but after has {a.size}; they must pair one to one")
+    d = a - b
+    negative = (d < 0).astype(np.float64)
+    ci = mean_ci(negative, n_boot=n_boot, seed=seed, level=level)
+    return {"fraction_negative": ci["mean"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "n": int(d.size),
+            "n_negative": int(negative.sum()), "mean_change": float(d.mean()), "level": float(level),
+            "quantiles": {q: float(v) for q, v in zip(QUANTILES, np.quantile(d, QUANTILES))}}
