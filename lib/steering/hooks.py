@@ -235,7 +235,8 @@ def steer(model, steerings: Sequence[Steering], prompt_mask: torch.Tensor) -> It
 @torch.no_grad()
 def mean_residual_norm(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> float:
     """Mean ||x|| over the real tokens (``attention_mask`` 1) of block ``layer``'s output x, for
-    ``input_ids`` [batch, T]: the unit in which callers may give an ``add`` strength."""
+    ``input_ids`` [batch, T] (left or right padded: position ids count real tokens only, so each row reads
+    what it would alone): the unit in which callers may give an ``add`` strength."""
     blocks = blocks_of(model)
     check_layers([layer], len(blocks), type(model).__name__)
     seen = {}
@@ -244,8 +245,10 @@ def mean_residual_norm(model, input_ids: torch.Tensor, attention_mask: torch.Ten
         seen["x"] = block_output(output)  # [batch, T, d_model]
 
     handle = blocks[layer].register_forward_hook(keep)
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)  # real tokens from 0 whatever the padding (GPT-2, Neo)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask)
+        with torch.no_grad():
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions.to(input_ids.device))
     finally:
         handle.remove()
     return seen["x"].norm(dim=-1)[attention_mask.to(seen["x"].device).bool()].float().mean().item()

@@ -257,3 +257,20 @@ def test_wrong_batch_and_layer_are_refused(tokenizer):
     with pytest.raises(ValueError, match="batch 1 under a prompt_mask of batch 3"), torch.no_grad():
         with steer(model, [one], mask):
             model(ids[:1])
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_mean_residual_norm_of_a_padded_batch_is_that_of_its_rows_alone(name):
+    """Left padding must not shift absolute positions (GPT-2's learned position embeddings would read others)."""
+    model, tok = build_tiny_model(name), build_tiny_tokenizer()
+    texts = ["Thank you so much for your help with the move.", "Sorry."]
+    tok.padding_side = "left"
+    batch = tok(texts, return_tensors="pt", padding=True)
+    both = mean_residual_norm(model, batch["input_ids"], batch["attention_mask"], 1)
+    norms, counts = [], []
+    for t in texts:
+        one = tok([t], return_tensors="pt")
+        norms.append(mean_residual_norm(model, one["input_ids"], one["attention_mask"], 1))
+        counts.append(one["input_ids"].shape[1])
+    expected = sum(n * c for n, c in zip(norms, counts)) / sum(counts)
+    assert both == pytest.approx(expected, rel=1e-5)
