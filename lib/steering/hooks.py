@@ -51,7 +51,7 @@ from lib.activations.names import act_name, check_layers
 from lib.models.archs import block_output, blocks_of
 
 __all__ = ["OPERATORS", "POSITIONS", "Steering", "steer", "steered_positions", "apply_steering",
-           "mean_residual_norm", "generate_steered"]
+           "real_positions", "mean_residual_norm", "generate_steered"]
 
 OPERATORS = ("add", "ablate", "clamp")
 POSITIONS = ("prompt", "generated", "both")
@@ -233,6 +233,16 @@ def steer(model, steerings: Sequence[Steering], prompt_mask: torch.Tensor) -> It
 
 
 @torch.no_grad()
+def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids [batch, T] that count real tokens from 0 whatever the padding, so a padded row reads what
+    it would alone (models with learned absolute positions, GPT-2 and GPT-Neo, need this).
+
+    >>> real_positions(torch.tensor([[0, 1, 1], [1, 1, 1]])).tolist()
+    [[0, 0, 1], [0, 1, 2]]
+    """
+    return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
 def mean_residual_norm(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> float:
     """Mean ||x|| over the real tokens (``attention_mask`` 1) of block ``layer``'s output x, for
     ``input_ids`` [batch, T] (left or right padded: position ids count real tokens only, so each row reads
@@ -245,7 +255,7 @@ def mean_residual_norm(model, input_ids: torch.Tensor, attention_mask: torch.Ten
         seen["x"] = block_output(output)  # [batch, T, d_model]
 
     handle = blocks[layer].register_forward_hook(keep)
-    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)  # real tokens from 0 whatever the padding (GPT-2, Neo)
+    positions = real_positions(attention_mask)
     try:
         with torch.no_grad():
             model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions.to(input_ids.device))

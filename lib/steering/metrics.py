@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lib.stats.bootstrap import finite_1d, mean_ci
+from lib.steering.hooks import real_positions
 
 __all__ = ["distinct_n", "continuation_nll", "perplexity_ratio", "next_token_kl", "anti_steerable"]
 
@@ -88,7 +89,7 @@ def continuation_nll(model, tokenizer, prompts: list[str], continuations: list[s
             off = width - len(seq) if left else 0
             ids[r, off:off + len(seq)], mask[r, off:off + len(seq)] = seq, 1
             offsets.append(off)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = real_positions(mask)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                        position_ids=positions.to(device)).logits  # [b, width, vocab]
         logp = torch.log_softmax(logits.double(), dim=-1)

@@ -34,19 +34,14 @@ torch.Size([2, 64])
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from lib.activations.names import act_name, check_layers
-from lib.files import write_json
+from lib.activations.names import check_layers
 from lib.models.archs import block_output, blocks_of
+from lib.steering.hooks import real_positions
 
 __all__ = ["READS", "residual_reads", "pair_differences", "contrast_vector", "curve_from_differences",
            "learning_curve", "random_like", "swap_signs", "shuffled_label_mean", "shuffled_label_vector"]
@@ -130,7 +125,7 @@ def residual_reads(model, tokenizer, texts: Sequence[str], layer: int, *, read: 
             if empty:
                 i = start + empty[0]
                 raise ValueError(f"texts[{i}] = {texts[i]!r} has no tokens; every text needs at least one")
-            position_ids = (mask.cumsum(1) - 1).clamp(min=0)  # real tokens counted from 0 whatever the padding
+            position_ids = real_positions(mask)
             try:
                 model(input_ids=enc["input_ids"].to(device), attention_mask=mask.to(device),
                       position_ids=position_ids.to(device), use_cache=False)

@@ -72,8 +72,9 @@ def _representations(model: GridModel, rows: dict, shared: torch.Tensor, batch: 
     hs, layers = [], []
     for a in range(0, len(rows["input"]), batch):
         x, p = rows["input"][a:a + batch], rows["program"][a:a + batch]
-        hs.append(model.encode(x, p))
-        layers.append(torch.stack(model.encode_layers(x, p)))
+        h, per_layer = model.encode_with_layers(x, p)
+        hs.append(h)
+        layers.append(torch.stack(per_layer))
     single = []
     for name in PRIMITIVES:
         prog = program((name,)).expand(len(shared), -1)

@@ -329,9 +329,18 @@ class GridModel(nn.Module):
         """Each encoder layer's output, mean-pooled over the sequence: a list of [B, d_model]."""
         return [x.mean(dim=1) for x in self.encoder.layers(self.tokens(grids, program))]
 
+    def encode_with_layers(self, grids: torch.Tensor, program: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``encode`` and ``encode_layers`` from one pass through the encoder."""
+        layers = self.encoder.layers(self.tokens(grids, program))
+        return self._bottleneck(layers[-1], program), [x.mean(dim=1) for x in layers]
+
     def encode(self, grids: torch.Tensor, program: torch.Tensor | None = None) -> torch.Tensor:
         """The bottleneck h [B, d_bottleneck] of input grids [B, 8, 8] (and their programs [B, L])."""
-        x = self.encoder(self.tokens(grids, program))
+        return self._bottleneck(self.encoder(self.tokens(grids, program)), program)
+
+    def _bottleneck(self, x: torch.Tensor, program: torch.Tensor | None) -> torch.Tensor:
+        """h from the encoder's output sequence x [B, T (+ L), d_model]."""
         if program is not None:  # keep the grid tokens (they have read the program)
             x = x[:, :self.config.tokens] if self.config.encoder == "transformer" else x[:, -self.config.tokens:]
         h = self.bottleneck(x.flatten(1) if self.config.pool == "flatten" else x.mean(dim=1))

@@ -45,7 +45,8 @@ from lib.finetune.checkpoints import (CheckpointError, clear_partial, key_differ
                                       load_checkpoint, save_checkpoint)
 from lib.settings import progress_bar
 from lib.synthetic.data import GridTaskDataset, GroupedBatchSampler, fixed_set
-from lib.synthetic.losses import (ProjectionEMA, grid_accuracy, grid_iou, schedule, sharing_loss, task_loss)
+from lib.synthetic.evaluate import evaluate_set
+from lib.synthetic.losses import ProjectionEMA, schedule, sharing_loss, task_loss
 from lib.synthetic.models import GridModel, ModelConfig
 from lib.synthetic.sae import SparseAutoencoder, sae_loss
 from lib.synthetic.tasks import GridSpec
@@ -202,20 +203,6 @@ def _batches(sampler: GroupedBatchSampler, epoch: int, position: int):
         epoch, position = epoch + 1, 0
 
 
-def _evaluate(model: GridModel, val: dict, device: torch.device, batch_size: int = 512) -> tuple[float, float]:
-    was = model.training
-    model.eval()
-    accs, ious = [], []
-    with torch.no_grad():
-        for a in range(0, len(val["input"]), batch_size):
-            out = model(val["input"][a:a + batch_size].to(device), val["program"][a:a + batch_size].to(device))
-            target = val["target"][a:a + batch_size].to(device)
-            accs.append(grid_accuracy(out.logits.float(), target, per_grid=True))
-            ious.append(grid_iou(out.logits.float(), target, per_grid=True))
-    model.train(was)
-    return float(torch.cat(accs).float().mean()), float(torch.cat(ious).float().mean())
-
-
 def _write_csv(path: Path, columns, rows: list[dict]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as f:
@@ -234,8 +221,11 @@ def _append_csv(path: Path, columns, row: dict) -> None:
         w.writerow(row)
 
 
-def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def _save_weights(module: torch.nn.Module, path: Path) -> None:
+    """A module's state dict as safetensors, written aside and renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    tmp.replace(path)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
@@ -335,13 +325,13 @@ def train(model: GridModel, tasks, config: TrainConfig, out_dir: Path, *, progre
             _append_csv(out_dir / "steps.csv", STEP_COLUMNS, row)
             done = step + 1
             if done % config.eval_every == 0 or done == config.steps:
-                acc, iou = _evaluate(model, val, device)
+                scores = evaluate_set(model, val)
+                acc, iou = scores["accuracy"], scores["iou"]
                 evals.append({"step": done, "val_accuracy": acc, "val_iou": iou})
                 _append_csv(out_dir / "eval.csv", EVAL_COLUMNS, evals[-1])
                 if iou > state["best_val_iou"]:
                     state.update(best_val_iou=iou, best_step=done)
-                    save_file(_weights(model), str(out_dir / "best.safetensors.tmp"))
-                    (out_dir / "best.safetensors.tmp").replace(out_dir / "best.safetensors")
+                    _save_weights(model, out_dir / "best.safetensors")
             bar.update(1)
             if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
                 run_state = {"key": key, "epoch": epoch, "position": position, "best_val_iou": state["best_val_iou"],
@@ -363,10 +353,9 @@ def train(model: GridModel, tasks, config: TrainConfig, out_dir: Path, *, progre
                          resumed_from=start, sae=sae)
     if steps_run < config.steps:
         return result
-    save_file(_weights(model), str(out_dir / "final.safetensors.tmp"))
-    (out_dir / "final.safetensors.tmp").replace(out_dir / "final.safetensors")
+    _save_weights(model, out_dir / "final.safetensors")
     if sae is not None:
-        save_file(_weights(sae), str(out_dir / "sae.safetensors"))
+        _save_weights(sae, out_dir / "sae.safetensors")
     write_json(out_dir / "summary.json", {**result.summary(), "key": key})
     shutil.rmtree(ckpts, ignore_errors=True)
     return result

@@ -196,3 +196,12 @@ def test_the_program_is_read_and_h_comes_from_the_grid_tokens(encoder):
         model(x, torch.full((3, 3), 6))
     with pytest.raises(ValueError, match="shape"):
         model(x, prog[:, :2])
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "gru"])
+def test_encode_with_layers_is_encode_and_encode_layers_in_one_pass(encoder):
+    model = GridModel(ModelConfig(encoder=encoder, bottleneck_rank=3, **SMALL))
+    x, prog = _grids(3), torch.tensor([[0, 1, 5], [2, 5, 5], [4, 3, 1]])
+    h, layers = model.encode_with_layers(x, prog)
+    assert torch.equal(h, model.encode(x, prog))
+    assert all(torch.equal(a, b) for a, b in zip(layers, model.encode_layers(x, prog)))

@@ -93,9 +93,9 @@ def test_best_checkpoint_holds_the_best_validation_weights(tmp_path):
     assert out.best_step == best["step"] and out.best_val_iou == best["val_iou"]
     model = load_weights(GridModel(TINY), tmp_path / "run" / "best.safetensors")
     from lib.synthetic.data import fixed_set
-    from lib.synthetic.train import _evaluate
+    from lib.synthetic.evaluate import evaluate_set
     val = fixed_set(TASKS, 2, seed=7919)
-    assert _evaluate(model, val, torch.device("cpu"))[1] == pytest.approx(best["val_iou"], abs=1e-6)
+    assert evaluate_set(model, val)["iou"] == pytest.approx(best["val_iou"], abs=1e-6)
     rows = list(csv.DictReader((tmp_path / "run" / "eval.csv").open()))
     assert list(rows[0]) == list(EVAL_COLUMNS) and [int(r["step"]) for r in rows] == [2, 4, 6]
 
