@@ -41,8 +41,9 @@
 # zero-shot and few-shot sets. The model reads the input grid (Conv2d patches) and the task's program (primitive
 # ids) and writes the output grid through h (`d_bottleneck`). Conditions: regulariser off (alpha 0) and on
 # (`alpha`), `seeds` seeds each (the same seed gives both the same initial weights and batches); controls: a
-# bottleneck limited to a random subspace of the on-models' median participation ratio (matched effective
-# rank), the untrained encoder, and in larger runs a sweep of alpha and the GRU encoder.
+# bottleneck limited to a random subspace of the on-models' median participation ratio on the fitting half of
+# the analysis rows (matched effective rank), the untrained encoder, and in larger runs a sweep of alpha and the
+# GRU encoder.
 #
 # **Measurements.** The sharing distance is the mean pairwise geodesic Grassmann distance sqrt(sum theta_i^2)
 # between the top-`analysis_k` PCA subspaces of h of each multi-hot label group, on fresh samples of the training

@@ -4,7 +4,8 @@ Runs the seeds x conditions grid (``lib.synthetic.grid.run_grid``: a loop, or Ra
 ``address``) of ``lib.synthetic.experiment.run_one`` in two waves: the regulariser off (alpha 0) and on
 (``alpha``; plus ``alpha_sweep`` and more ``encoders`` in larger runs), then the controls whose settings
 depend on the first wave: a bottleneck of matched effective rank (alpha 0, h limited to a fixed random
-subspace of the on-models' median participation ratio, rounded) and the untrained encoder. Then it measures
+subspace of the on-models' median participation ratio on the fitting half of the analysis rows, rounded) and
+the untrained encoder. Then it measures
 every run's representations (``measure_run``) and leaves the hypothesis tests to
 ``lib.phases.shared_subspace_tables``.
 
@@ -326,7 +327,9 @@ def run_phase(config: SharedConfig, out: Path, *, progress: bool = True) -> Phas
     on = [r for r in first if r["spec"]["condition"] == "on"]
     matched = None
     if config.matched_rank_control and on:
-        prs = [participation_ratio(np.load(Path(r["spec"]["out_dir"]) / "h.npy")) for r in on]
+        # chosen on the fitting half of the analysis rows, so the H1 distances (scoring half) did not choose it
+        fit = _halves(len(build_split(on[0]["spec"]).train), on[0]["spec"]["n_analysis_per_task"])[0]
+        prs = [participation_ratio(np.load(Path(r["spec"]["out_dir"]) / "h.npy")[fit]) for r in on]
         matched = int(min(config.d_bottleneck - 1, max(1, round(float(np.median(prs))))))
     second = run_grid(run_one, control_specs(config, out, matched), desc="runs (controls)", **kw)
     t2 = time.perf_counter()
