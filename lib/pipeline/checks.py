@@ -174,17 +174,21 @@ def _check_activations_run(stem: str, p: dict) -> None:
 
 
 def _check_vectors_run(stem: str, p: dict) -> None:
-    """Phase 05 compares its directions with phase 03's: same models, site and rows, else they cannot agree."""
+    """Phase 05 compares its directions with phase 03's: same models, site and rows, else they cannot agree.
+    Phase 08 steers with phase 03's directions: same models and site (it reads no stores, so rows are its own)."""
     run, where = p["vectors_run"], _src(stem, p, "vectors_run")
     p3 = _run_params("03_emotion_vectors", run, stem, p, "vectors_run")
     if p3 is None:
         return
-    valid = "'' (no comparison), or a phase 03 run with this phase's models, site hook_resid_post and rows"
+    valid = ("'' (phase 05: no comparison; phase 08: directions fitted here), or a phase 03 run with this phase's "
+             "models, site hook_resid_post and rows")
     lacking = [m for m in p.get("models", []) if m not in p3.get("models", [])]
     if lacking:
         raise params_error(where, "vectors_run", run, valid, f"phase 03 of run {run!r} has no directions of {lacking}")
     if p3.get("site") != "hook_resid_post":
         raise params_error(where, "vectors_run", run, valid, f"phase 03 of run {run!r} reads {p3.get('site')!r}")
+    if "activations_run" not in p:
+        return
     rows = ["activations_run", "fit_profiles"] + ([] if p.get("activations_run") else ["max_per_emotion", "seed"])
     differ = [k for k in rows if _same_rows_key(p3.get(k)) != _same_rows_key(p.get(k))]
     if differ:

@@ -207,6 +207,31 @@ def _shared_rules() -> dict[str, Rule]:
     }
 
 
+def _steering_rules() -> dict[str, Rule]:
+    """Keys of phase 08 (steering generation with emotion vectors)."""
+    from lib.emotions import TARGET_EMOTIONS
+
+    fraction = Rule("number", 0, 1)
+    return {
+        "together": listof(text(choices=TARGET_EMOTIONS), 0, 2,
+                           what="[] or two distinct emotions steered at once (their interference is measured)"),
+        "layer_fractions": listof(fraction, 1, what="a list of distinct fractions in [0, 1] of the model's depth"),
+        "strengths": listof(Rule("number", 0, low_open=True), 1,
+                            what="a list of distinct strengths > 0 (multiples of the layer's typical residual norm)"),
+        "operator": text(choices=("add", "ablate", "clamp")),
+        "positions": text(choices=("prompt", "generated", "both")), "norm_preserving": FLAG,
+        "n_prompts": integer(4, what="an integer >= 4 (halved into selection and report prompts)"),
+        "n_pairs": integer(4, what="an integer >= 4 (contrast pairs per emotion; the learning curve halves them)"),
+        "curve_sizes": listof(COUNT, 1), "max_new_tokens": COUNT, "batch_rows": COUNT, "n_kl_texts": COUNT,
+        "judge_max_per_label": integer(1, nullable=True, what="null (every GoEmotions train row) or an integer >= 1"),
+        "max_ppl_ratio": Rule("number", 1), "min_distinct_ratio": Rule("number", 0, 1),
+        "prompt_template": text(pattern=r"(?s)(?=.*\{emotion\})(?=.*\{prompt\}).*",
+                                what="a text holding {emotion} and {prompt}"),
+        "n_perm": COUNT, "prompt_format": text(choices=("chat", "plain")),
+        "pair_read": text(choices=("last", "mean")),
+    }
+
+
 @lru_cache(maxsize=1)
 def _table() -> tuple[dict[str, Rule], dict[str, dict[str, Rule]]]:
     """(rules shared by every phase, each phase's own narrower rules); built on first use (lazy imports)."""
@@ -217,6 +242,7 @@ def _table() -> tuple[dict[str, Rule], dict[str, dict[str, Rule]]]:
                                                       "profiles (stability compares the first two)")},
         "06_head_strength": _strength_rules(),
         "07_shared_subspace": _shared_rules(),
+        "08_steering": _steering_rules(),
     }
     return {**_early_rules(), **_analysis_rules()}, by_stem
 

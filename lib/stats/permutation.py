@@ -11,7 +11,7 @@ import numpy as np
 
 from lib.stats.bootstrap import finite_1d
 
-__all__ = ["ALTERNATIVES", "permutation_p", "exact_two_sample_p", "group_permutation", "group_permuter", "group_majority"]
+__all__ = ["ALTERNATIVES", "permutation_p", "exact_two_sample_p", "sign_flip_p", "group_permutation", "group_permuter", "group_majority"]
 
 ALTERNATIVES = ("greater", "less", "two-sided")
 
@@ -61,15 +61,20 @@ def exact_two_sample_p(a, b, *, alternative: str = "greater", max_splits: int = 
     for idx in combinations(range(n), xb.size):
         sb = float(pooled[list(idx)].sum())
         diffs.append(sb / xb.size - (total - sb) / xa.size)
-    diffs, observed = np.asarray(diffs), float(xb.mean() - xa.mean())
+    return _exact_p(np.asarray(diffs), float(xb.mean() - xa.mean()), alternative)
+
+
+def _exact_p(null: np.ndarray, observed: float, alternative: str) -> float:
+    """The share of an enumerated null (the observed arrangement among it) as extreme as ``observed``, with a
+    relative tolerance of 1e-12 so that arrangements equal to it up to rounding count."""
     tol = 1e-12 * max(1.0, abs(observed))
     if alternative == "greater":
-        hits = np.sum(diffs >= observed - tol)
+        hits = np.sum(null >= observed - tol)
     elif alternative == "less":
-        hits = np.sum(diffs <= observed + tol)
+        hits = np.sum(null <= observed + tol)
     else:
-        hits = np.sum(np.abs(diffs) >= abs(observed) - tol)
-    return float(hits / diffs.size)
+        hits = np.sum(np.abs(null) >= abs(observed) - tol)
+    return float(hits / null.size)
 
 
 def group_majority(labels, groups) -> tuple[np.ndarray, np.ndarray]:
@@ -118,3 +123,25 @@ def group_permutation(labels, groups, rng: np.random.Generator) -> np.ndarray:
     (True, ['a', 'b', 'c'])
     """
     return group_permuter(labels, groups)(rng)
+
+
+def sign_flip_p(differences, *, n_perm: int = 10_000, seed: int = 0, alternative: str = "greater") -> float:
+    """Paired sign-flip permutation p of mean(``differences``) [n]: under H0 each d_i is as likely -d_i. Exact
+    (all 2^n sign patterns, the observed one included) for n <= 16, else ``n_perm`` seeded random patterns with
+    ``permutation_p``'s +1 correction.
+
+    >>> sign_flip_p([1.0, 2.0, 3.0])  # of 8 patterns only the observed one reaches its mean
+    0.125
+    """
+    d = finite_1d(differences, "differences")
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative={alternative!r}; valid alternatives: {list(ALTERNATIVES)}")
+    if d.size == 0:
+        raise ValueError("differences is empty; a sign-flip test needs at least one pair")
+    observed = float(d.mean())
+    if d.size <= 16:
+        signs = 1.0 - 2.0 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+        return _exact_p(signs @ d / d.size, observed, alternative)
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(int(n_perm), d.size))
+    return permutation_p(observed, signs @ d / d.size, alternative=alternative)

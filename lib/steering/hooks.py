@@ -51,7 +51,7 @@ from lib.activations.names import act_name, check_layers
 from lib.models.archs import block_output, blocks_of
 
 __all__ = ["OPERATORS", "POSITIONS", "Steering", "steer", "steered_positions", "apply_steering",
-           "real_positions", "mean_residual_norm", "generate_steered"]
+           "real_positions", "mean_residual_norm", "residual_norms", "generate_steered"]
 
 OPERATORS = ("add", "ablate", "clamp")
 POSITIONS = ("prompt", "generated", "both")
@@ -243,25 +243,40 @@ def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
-def mean_residual_norm(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> float:
+def mean_residual_norm(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int, *,
+                       skip_first: bool = False) -> float:
     """Mean ||x|| over the real tokens (``attention_mask`` 1) of block ``layer``'s output x, for
     ``input_ids`` [batch, T] (left or right padded: position ids count real tokens only, so each row reads
-    what it would alone): the unit in which callers may give an ``add`` strength."""
+    what it would alone): the unit in which callers may give an ``add`` strength. ``skip_first`` leaves out
+    each row's first real token, whose norm is often tens of times the rest (the attention sink's massive
+    activations: 22,800 against 176 at SmolLM2-135M's block 15), so the mean is that of a typical token."""
+    return residual_norms(model, input_ids, attention_mask, [layer], skip_first=skip_first)[layer]
+
+
+def residual_norms(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int], *,
+                   skip_first: bool = False) -> dict[int, float]:
+    """``mean_residual_norm`` of every block in ``layers`` from one forward pass: {layer: mean norm}."""
     blocks = blocks_of(model)
-    check_layers([layer], len(blocks), type(model).__name__)
-    seen = {}
-
-    def keep(module, args, output):
-        seen["x"] = block_output(output)  # [batch, T, d_model]
-
-    handle = blocks[layer].register_forward_hook(keep)
+    layers = sorted({int(x) for x in layers})
+    check_layers(layers, len(blocks), type(model).__name__)
+    real = attention_mask.bool()
+    if skip_first:
+        real = real & (attention_mask.cumsum(1) > 1)
+    if not bool(real.any()):
+        raise ValueError("no token left to average: every row has at most one real token and skip_first=True")
+    seen, handles = {}, []
+    for layer in layers:
+        def keep(module, args, output, layer=layer):
+            seen[layer] = block_output(output).norm(dim=-1).float()  # [batch, T]
+        handles.append(blocks[layer].register_forward_hook(keep))
     positions = real_positions(attention_mask)
     try:
         with torch.no_grad():
             model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions.to(input_ids.device))
     finally:
-        handle.remove()
-    return seen["x"].norm(dim=-1)[attention_mask.to(seen["x"].device).bool()].float().mean().item()
+        for h in handles:
+            h.remove()
+    return {layer: seen[layer][real.to(seen[layer].device)].mean().item() for layer in layers}
 
 
 def _left_padded(tokenizer, prompts: Sequence[str]):

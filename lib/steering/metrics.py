@@ -22,13 +22,15 @@
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
 from lib.stats.bootstrap import finite_1d, mean_ci
 from lib.steering.hooks import real_positions
 
-__all__ = ["distinct_n", "continuation_nll", "perplexity_ratio", "next_token_kl", "anti_steerable"]
+__all__ = ["continuation_nll_ids", "distinct_n", "continuation_nll", "perplexity_ratio", "next_token_kl", "anti_steerable"]
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -65,37 +67,45 @@ def _pair_ids(tokenizer, prompts: list[str], continuations: list[str]) -> list[t
     return pairs
 
 
-@torch.no_grad()
 def continuation_nll(model, tokenizer, prompts: list[str], continuations: list[str], *,
                      batch_size: int = 8) -> np.ndarray:
     """Mean NLL per continuation token given the prompt, per pair: float64 [n pairs] (nats)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}; valid values are integers >= 1")
     pairs = _pair_ids(tokenizer, list(prompts), list(continuations))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("tokenizer has neither pad_token_id nor eos_token_id; set tokenizer.pad_token")
-    left = getattr(tokenizer, "padding_side", "right") == "left"
+    return continuation_nll_ids(model, pairs, pad_id=pad, batch_size=batch_size)
+
+
+@torch.no_grad()
+def continuation_nll_ids(model, pairs, *, pad_id: int, batch_size: int = 8) -> np.ndarray:
+    """``continuation_nll`` on token ids: ``pairs`` [(prompt ids, continuation ids)], both non-empty lists of
+    ints (e.g. ``generate_grid``'s ``token_ids``, so a continuation that is one end-of-sequence token scores
+    -log p(eos)); rows are left-padded with ``pad_id`` (never read) so that only the logits of the last
+    positions are computed (``logits_to_keep``, where the model takes it). float64 [n pairs] (nats)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}; valid values are integers >= 1")
+    pairs = [(list(map(int, p)), list(map(int, c))) for p, c in pairs]
+    for i, (p, c) in enumerate(pairs):
+        if not p or not c:
+            raise ValueError(f"pair {i}: {len(p)} prompt and {len(c)} continuation tokens; both need at least one")
     device = next(model.parameters()).device
+    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
     out = np.empty(len(pairs), dtype=np.float64)
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         width = max(len(p) + len(c) for p, c in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        keep = max(len(c) for _, c in chunk) + 1  # rows end together (left padding): logits of the last positions
+        ids = torch.full((len(chunk), width), int(pad_id), dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        offsets = []
         for r, (p, c) in enumerate(chunk):
-            seq = torch.tensor(p + c, dtype=torch.long)
-            off = width - len(seq) if left else 0
-            ids[r, off:off + len(seq)], mask[r, off:off + len(seq)] = seq, 1
-            offsets.append(off)
-        positions = real_positions(mask)
+            ids[r, width - len(p) - len(c):], mask[r, width - len(p) - len(c):] = torch.tensor(p + c), 1
+        extra = {"logits_to_keep": keep} if keep_arg else {}
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       position_ids=positions.to(device)).logits  # [b, width, vocab]
+                       position_ids=real_positions(mask).to(device), **extra).logits[:, -keep:]  # [b, keep, vocab]
         logp = torch.log_softmax(logits.double(), dim=-1)
         for r, (p, c) in enumerate(chunk):
-            first = offsets[r] + len(p)  # index of the first continuation token
-            rows = torch.arange(first - 1, first - 1 + len(c), device=logp.device)
+            rows = torch.arange(keep - 1 - len(c), keep - 1, device=logp.device)  # predicting c_1 .. c_C
             target = torch.tensor(c, dtype=torch.long, device=logp.device)
             out[start + r] = float(-logp[r, rows, target].mean())
     return out

@@ -35,6 +35,7 @@ torch.Size([2, 64])
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -43,7 +44,7 @@ from lib.activations.names import check_layers
 from lib.models.archs import block_output, blocks_of
 from lib.steering.hooks import real_positions
 
-__all__ = ["READS", "residual_reads", "pair_differences", "contrast_vector", "curve_from_differences",
+__all__ = ["READS", "residual_reads", "residual_reads_at", "pair_differences", "contrast_vector", "curve_from_differences",
            "learning_curve", "random_like", "swap_signs", "shuffled_label_mean", "shuffled_label_vector"]
 
 READS = ("last", "mean")
@@ -88,7 +89,6 @@ def _check_vector(vector, name: str = "vector") -> torch.Tensor:
     return vector
 
 
-@torch.no_grad()
 def residual_reads(model, tokenizer, texts: Sequence[str], layer: int, *, read: str = "last",
                    batch_size: int = 16) -> torch.Tensor:
     """float32 [n, d_model]: block ``layer``'s output read at each text's last real token (``read="last"``) or
@@ -98,10 +98,21 @@ def residual_reads(model, tokenizer, texts: Sequence[str], layer: int, *, read: 
     >>> residual_reads(build_tiny_model("tiny-gpt2"), build_tiny_tokenizer(), ["Hi.", "Thank you!"], 0).shape
     torch.Size([2, 64])
     """
+    _check_int(layer, "layer", 0)
+    return residual_reads_at(model, tokenizer, texts, [layer], read=read, batch_size=batch_size)[layer]
+
+
+@torch.no_grad()
+def residual_reads_at(model, tokenizer, texts: Sequence[str], layers: Sequence[int], *, read: str = "last",
+                      batch_size: int = 16) -> dict[int, torch.Tensor]:
+    """``residual_reads`` at several blocks from one pass over the texts (stopped after the deepest):
+    {layer: float32 [n, d_model]}."""
     texts = _check_texts(texts)
     blocks = blocks_of(model)
-    _check_int(layer, "layer", 0)
-    check_layers([layer], len(blocks), type(model).__name__)
+    layers = sorted({_check_int(x, "layer", 0) for x in layers})
+    if not layers:
+        raise ValueError("layers is empty; give at least one block index")
+    check_layers(layers, len(blocks), type(model).__name__)
     if read not in READS:
         raise ValueError(f"read must be one of {READS}, got {read!r}")
     _check_int(batch_size, "batch_size", 1)
@@ -109,14 +120,15 @@ def residual_reads(model, tokenizer, texts: Sequence[str], layer: int, *, read: 
         raise ValueError("the tokenizer has no pad token, so texts cannot be batched; set tokenizer.pad_token "
                          "(e.g. to its eos token) or pass batch_size=1")
     device = model.get_input_embeddings().weight.device
-    box: dict[str, torch.Tensor] = {}
+    box: dict[int, torch.Tensor] = {}
 
-    def keep(module, args, output):
-        box["x"] = block_output(output)  # [batch, pos, d_model]
-        raise _Stop
+    def keep(module, args, output, layer: int):
+        box[layer] = block_output(output)  # [batch, pos, d_model]
+        if layer == layers[-1]:
+            raise _Stop
 
-    reads = []
-    handle = blocks[layer].register_forward_hook(keep)
+    reads: dict[int, list] = {layer: [] for layer in layers}
+    handles = [blocks[layer].register_forward_hook(partial(keep, layer=layer)) for layer in layers]
     try:
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True)
@@ -125,23 +137,24 @@ def residual_reads(model, tokenizer, texts: Sequence[str], layer: int, *, read: 
             if empty:
                 i = start + empty[0]
                 raise ValueError(f"texts[{i}] = {texts[i]!r} has no tokens; every text needs at least one")
-            position_ids = real_positions(mask)
             try:
                 model(input_ids=enc["input_ids"].to(device), attention_mask=mask.to(device),
-                      position_ids=position_ids.to(device), use_cache=False)
+                      position_ids=real_positions(mask).to(device), use_cache=False)
             except _Stop:
                 pass
-            x = box.pop("x").float()
-            m = mask.to(x.device, torch.float32)
-            if read == "last":
-                last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # [batch]: the last position whose mask is 1
-                r = x[torch.arange(x.shape[0], device=x.device), last.to(x.device)]
-            else:
-                r = (x * m[..., None]).sum(1) / m.sum(1, keepdim=True)
-            reads.append(r.cpu())
+            for layer in layers:
+                x = box.pop(layer).float()
+                m = mask.to(x.device, torch.float32)
+                if read == "last":
+                    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # [batch]: the last position whose mask is 1
+                    r = x[torch.arange(x.shape[0], device=x.device), last.to(x.device)]
+                else:
+                    r = (x * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+                reads[layer].append(r.cpu())
     finally:
-        handle.remove()
-    return torch.cat(reads)
+        for h in handles:
+            h.remove()
+    return {layer: torch.cat(r) for layer, r in reads.items()}
 
 
 def pair_differences(model, tokenizer, pairs: Sequence[tuple[str, str]], layer: int, *, read: str = "last",
