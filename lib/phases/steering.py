@@ -232,11 +232,12 @@ def _run_model(name: str, config: SteeringConfig, judge, prompts, sel, rep, out:
     clock("grid generation", rows=len(grid))
 
     lex = load_lexicon()
-    def scored(df, prompt_texts):
-        ids = [list(tok(p)["input_ids"]) for p in prompt_texts]
-        return score_generations(df, ids, model=hf, tokenizer=tok, judge=judge, lexicon=lex, probe=probe,
-                                 pad_id=tok.pad_token_id)
-    grid = scored(grid, grid["prompt"].tolist())
+    def scored(df, with_probe=True):  # the probe is read on report rows only: nothing chooses with it
+        ids = [list(tok(p)["input_ids"]) for p in df["prompt"]]
+        return score_generations(df, ids, model=hf, tokenizer=tok, judge=judge, lexicon=lex,
+                                 probe=probe if with_probe else None, pad_id=tok.pad_token_id)
+    grid = pd.concat([scored(grid[grid["half"] == "selection"], False), scored(grid[grid["half"] == "report"])],
+                     ignore_index=True)
     chosen = choose(setting_summary(grid.query("half == 'selection'"), config), config)
     clock("grid scores and choice")
 
@@ -266,7 +267,7 @@ def _run_model(name: str, config: SteeringConfig, judge, prompts, sel, rep, out:
     parts = [grid]
     if settings:
         df = _generate(hf, tok, rep_prompts, rep, settings, metas, config, "report")
-        parts.append(scored(df, df["prompt"].tolist()))
+        parts.append(scored(df))
     for _, c in chosen.iterrows():
         e, layer, s = c["emotion"], int(c["layer"]), float(c["strength"])
         ask = formatted(tok, prompted(rep_plain, config.prompt_template, e), config.prompt_format)
@@ -277,7 +278,7 @@ def _run_model(name: str, config: SteeringConfig, judge, prompts, sel, rep, out:
         mt = [_meta(st[0].name, emotion=e, layer=layer, strength=0.0, vector="none", prompting=True),
               _meta(st[1].name, emotion=e, layer=layer, strength=s, vector="caa", prompting=True)]
         df = _generate(hf, tok, ask, rep, st, mt, config, "report")
-        parts.append(scored(df, df["prompt"].tolist()))
+        parts.append(scored(df))
     clock("report-half generation and scores")
 
     kl_rows, curves, vset, cosines = [], [], VectorSet(), []

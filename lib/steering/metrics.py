@@ -22,7 +22,7 @@
 """
 from __future__ import annotations
 
-import inspect
+import copy
 
 import numpy as np
 import torch
@@ -81,33 +81,49 @@ def continuation_nll(model, tokenizer, prompts: list[str], continuations: list[s
 def continuation_nll_ids(model, pairs, *, pad_id: int, batch_size: int = 8) -> np.ndarray:
     """``continuation_nll`` on token ids: ``pairs`` [(prompt ids, continuation ids)], both non-empty lists of
     ints (e.g. ``generate_grid``'s ``token_ids``, so a continuation that is one end-of-sequence token scores
-    -log p(eos)); rows are left-padded with ``pad_id`` (never read) so that only the logits of the last
-    positions are computed (``logits_to_keep``, where the model takes it). float64 [n pairs] (nats)."""
+    -log p(eos)). float64 [n pairs] (nats).
+
+    Pairs that share a prompt share its forward pass: the prompt runs once (its last logits score each
+    continuation's first token, its KV cache is repeated for up to ``batch_size`` continuations), then only the
+    continuations run, right-padded with ``pad_id`` (padding is never read: it comes after every real token)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}; valid values are integers >= 1")
-    pairs = [(list(map(int, p)), list(map(int, c))) for p, c in pairs]
+    pairs = [(tuple(map(int, p)), list(map(int, c))) for p, c in pairs]
     for i, (p, c) in enumerate(pairs):
         if not p or not c:
             raise ValueError(f"pair {i}: {len(p)} prompt and {len(c)} continuation tokens; both need at least one")
     device = next(model.parameters()).device
-    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+    by_prompt: dict[tuple, list[int]] = {}
+    for i, (p, _) in enumerate(pairs):
+        by_prompt.setdefault(p, []).append(i)
     out = np.empty(len(pairs), dtype=np.float64)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        width = max(len(p) + len(c) for p, c in chunk)
-        keep = max(len(c) for _, c in chunk) + 1  # rows end together (left padding): logits of the last positions
-        ids = torch.full((len(chunk), width), int(pad_id), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, (p, c) in enumerate(chunk):
-            ids[r, width - len(p) - len(c):], mask[r, width - len(p) - len(c):] = torch.tensor(p + c), 1
-        extra = {"logits_to_keep": keep} if keep_arg else {}
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       position_ids=real_positions(mask).to(device), **extra).logits[:, -keep:]  # [b, keep, vocab]
-        logp = torch.log_softmax(logits.double(), dim=-1)
-        for r, (p, c) in enumerate(chunk):
-            rows = torch.arange(keep - 1 - len(c), keep - 1, device=logp.device)  # predicting c_1 .. c_C
-            target = torch.tensor(c, dtype=torch.long, device=logp.device)
-            out[start + r] = float(-logp[r, rows, target].mean())
+    for prompt, rows in by_prompt.items():
+        ids = torch.tensor([prompt], device=device)
+        first = model(input_ids=ids, use_cache=True)
+        first_logp = torch.log_softmax(first.logits[0, -1].double(), dim=-1)  # [vocab]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            conts = [pairs[i][1] for i in chunk]
+            width = max(len(c) for c in conts)
+            logp_rest = None
+            if width > 1:
+                cont = torch.full((len(chunk), width - 1), int(pad_id), dtype=torch.long)
+                mask = torch.zeros((len(chunk), len(prompt) + width - 1), dtype=torch.long)
+                mask[:, :len(prompt)] = 1
+                for r, c in enumerate(conts):
+                    cont[r, :len(c) - 1], mask[r, len(prompt):len(prompt) + len(c) - 1] = torch.tensor(c[:-1]), 1
+                cache = copy.deepcopy(first.past_key_values)
+                cache.batch_repeat_interleave(len(chunk))
+                positions = torch.arange(len(prompt), len(prompt) + width - 1)[None].expand(len(chunk), -1)
+                logits = model(input_ids=cont.to(device), attention_mask=mask.to(device),
+                               position_ids=positions.to(device), past_key_values=cache, use_cache=True).logits
+                logp_rest = torch.log_softmax(logits.double(), dim=-1)  # [b, width - 1, vocab]: predicts c_2 ..
+            for r, (i, c) in enumerate(zip(chunk, conts)):
+                total = -first_logp[c[0]]
+                if len(c) > 1:
+                    target = torch.tensor(c[1:], dtype=torch.long, device=logp_rest.device)
+                    total = total - logp_rest[r, torch.arange(len(c) - 1, device=logp_rest.device), target].sum()
+                out[i] = float(total) / len(c)
     return out
 
 

@@ -51,7 +51,7 @@ def test_reads_at_several_layers_equal_one_layer_at_a_time(read):
         residual_reads_at(model, tok, TEXTS, [])
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma3"])
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-gpt-neo", "tiny-pythia", "tiny-llama", "tiny-gemma3"])
 def test_nll_on_ids_scores_an_eos_only_continuation_and_matches_text(name):
     model, tok = build_tiny_model(name), build_tiny_tokenizer()
     prompt = tok("Thank you so much")["input_ids"]
@@ -67,6 +67,15 @@ def test_nll_on_ids_scores_an_eos_only_continuation_and_matches_text(name):
     assert got[1] == pytest.approx(text[0], abs=1e-6)
     alone = continuation_nll_ids(model, [(prompt[:2], cont + [eos])], pad_id=pad)
     assert got[2] == pytest.approx(alone[0], abs=1e-6)  # padding beside a longer row changes nothing
+    # rows sharing a prompt (one prompt pass, its cache repeated) score as each row does alone
+    shared = continuation_nll_ids(model, [(prompt, cont), (prompt, [eos]), (prompt, cont[:1] + [eos])], pad_id=pad,
+                                  batch_size=2)
+    single = [continuation_nll_ids(model, [(prompt, c)], pad_id=pad)[0] for c in (cont, [eos], cont[:1] + [eos])]
+    np.testing.assert_allclose(shared, single, atol=1e-6)
+    with torch.no_grad():  # and as a plain forward over prompt + continuation does
+        full = torch.log_softmax(model(torch.tensor([prompt + cont])).logits[0].double(), -1)
+    plain = -full[torch.arange(len(prompt) - 1, len(prompt) + len(cont) - 1), torch.tensor(cont)].mean()
+    assert shared[0] == pytest.approx(float(plain), abs=1e-6)
     with pytest.raises(ValueError, match="pair 0"):
         continuation_nll_ids(model, [(prompt, [])], pad_id=pad)
 
