@@ -22,7 +22,7 @@
 # changes, beside controls that could have moved the text as much, and beside simply asking for the emotion.
 #
 # **Vectors.** CAA contrast vectors (the mean over authored emotion / neutral pairs of the difference of block
-# L's output, averaged over a text's tokens: `pair_read`), the phase-03 directions of every method
+# L's output averaged over a text's tokens after its first, `pair_read`), the phase-03 directions of every method
 # (`vectors_run`; with it empty they are fitted here with phase 03's code on the pairs' texts), a random
 # direction and a shuffled-label vector (each pair's labels swapped with probability 1/2). Each is used as a
 # unit direction u.
@@ -71,7 +71,7 @@ max_ppl_ratio = 1.5
 min_distinct_ratio = 0.8
 prompt_template = "Reply with {emotion}: {prompt}"
 prompt_format = "chat"
-pair_read = "mean"
+pair_read = "mean_after_first"
 vectors_run = ""
 n_boot = 200
 n_perm = 200

@@ -77,7 +77,7 @@ class SteeringConfig:
     min_distinct_ratio: float = 0.8
     prompt_template: str = "Reply with {emotion}: {prompt}"
     prompt_format: str = "chat"
-    pair_read: str = "mean"
+    pair_read: str = "mean_after_first"
     vectors_run: str = ""
     n_boot: int = 1000
     n_perm: int = 2000

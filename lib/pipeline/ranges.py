@@ -228,7 +228,7 @@ def _steering_rules() -> dict[str, Rule]:
         "prompt_template": text(pattern=r"(?s)(?=.*\{emotion\})(?=.*\{prompt\}).*",
                                 what="a text holding {emotion} and {prompt}"),
         "n_perm": COUNT, "prompt_format": text(choices=("chat", "plain")),
-        "pair_read": text(choices=("last", "mean")),
+        "pair_read": text(choices=("last", "mean", "mean_after_first")),
     }
 
 

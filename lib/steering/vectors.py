@@ -7,7 +7,10 @@ tokenized as ``tokenizer(texts, padding=True)`` does (special tokens as the toke
 tokens j = 1..T_t (attention mask 1) and x_j [d_model] the block's output at token j:
 
 - ``read="last"``: r(t) = x_{T_t}, the last real token;
-- ``read="mean"``: r(t) = (1 / T_t) sum_j x_j.
+- ``read="mean"``: r(t) = (1 / T_t) sum_j x_j;
+- ``read="mean_after_first"``: r(t) = (1 / (T_t - 1)) sum_{j >= 2} x_j, leaving out the first real token (a BOS or
+  the attention sink, whose massive activation, the same in every text, would enter a difference of two means
+  weighted by 1 / T_p - 1 / T_n: a length effect, not an emotion; texts need two tokens or more).
 
 Padding is left or right, as the tokenizer's ``padding_side`` says; padded positions are never read and position
 ids count real tokens only, so a padded row reads what the text alone would (absolute-position models such as
@@ -47,7 +50,7 @@ from lib.steering.hooks import real_positions
 __all__ = ["READS", "residual_reads", "residual_reads_at", "pair_differences", "contrast_vector", "curve_from_differences",
            "learning_curve", "random_like", "swap_signs", "shuffled_label_mean", "shuffled_label_vector"]
 
-READS = ("last", "mean")
+READS = ("last", "mean", "mean_after_first")
 
 
 class _Stop(Exception):
@@ -145,6 +148,11 @@ def residual_reads_at(model, tokenizer, texts: Sequence[str], layers: Sequence[i
             for layer in layers:
                 x = box.pop(layer).float()
                 m = mask.to(x.device, torch.float32)
+                if read == "mean_after_first":
+                    m = m * (mask.cumsum(1) > 1).to(x.device, torch.float32)
+                    if bool((m.sum(1) == 0).any()):
+                        i = start + int((m.sum(1) == 0).nonzero()[0])
+                        raise ValueError(f"texts[{i}] = {texts[i]!r} has one token; read='mean_after_first' needs two")
                 if read == "last":
                     last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # [batch]: the last position whose mask is 1
                     r = x[torch.arange(x.shape[0], device=x.device), last.to(x.device)]

@@ -142,3 +142,16 @@ def test_sign_flip_p_exact_against_enumeration_and_random_patterns():
     assert sign_flip_p(np.zeros(6)) == 1.0
     with pytest.raises(ValueError, match="empty"):
         sign_flip_p([])
+
+
+def test_mean_after_first_leaves_out_each_texts_first_token():
+    model, tok = build_tiny_model("tiny-gpt2"), build_tiny_tokenizer()
+    got = residual_reads(model, tok, TEXTS, 0, read="mean_after_first", batch_size=3)
+    for i, t in enumerate(TEXTS):
+        one = tok([t], return_tensors="pt")
+        with torch.no_grad():
+            h = model(**one, output_hidden_states=True).hidden_states[1][0]
+        torch.testing.assert_close(got[i], h[1:].mean(0), rtol=0, atol=1e-5)
+    one_token = tok.convert_tokens_to_string(tok.convert_ids_to_tokens(tok("Hi")["input_ids"][:1]))
+    with pytest.raises(ValueError, match="needs two"):
+        residual_reads(model, tok, [one_token], 0, read="mean_after_first")
