@@ -196,6 +196,11 @@ def example_table(rows: pd.DataFrame, chosen: pd.DataFrame, n: int = 3) -> pd.Da
     return pd.DataFrame(out)
 
 
+def _where(setting: str) -> str:
+    """'gratitude|caa|L6|s0.1875' -> 'L6 s0.1875' (no '|', which would break a Markdown table)."""
+    return " ".join(setting.split("|")[2:])
+
+
 def _ci(v, lo, hi, fmt="{:.2f}") -> str:
     return f"{fmt.format(v)} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
@@ -207,12 +212,13 @@ def goals_markdown(g: pd.DataFrame) -> str:
              "(<= 0.20) |", "|" + " --- |" * 14]
     for _, r in g.iterrows():
         lines.append(
-            f"| {r['model']} | {r['emotion']} | {r['setting'].split('|', 2)[2]} | "
+            f"| {r['model']} | {r['emotion']} | {_where(r['setting'])} | "
             f"{_ci(r['share'], r['share_low'], r['share_high'])} | {r['unsteered']:.2f} | "
             f"{_ci(r['gain'], r['gain_low'], r['gain_high'], '{:+.2f}')}, {r['p_adjusted']:.3g} | "
             f"{r['ppl_ratio']:.2f} | {_ci(r['kl'], r['kl_low'], r['kl_high'], '{:.3f}')} | "
             f"{_ci(r['kl_random'], r['kl_random_low'], r['kl_random_high'], '{:.3f}')} | {r['prompted']:.2f} | "
-            f"{r['steer_over_prompt']:.2f} | {r['prompted_plus']:.2f} ({r['plus_gain']:+.2f} "
+            f"{'n/a' if pd.isna(r['steer_over_prompt']) else format(r['steer_over_prompt'], '.2f')} | "
+            f"{r['prompted_plus']:.2f} ({r['plus_gain']:+.2f} "
             f"[{r['plus_low']:+.2f}, {r['plus_high']:+.2f}]) | {_ci(r['anti'], r['anti_low'], r['anti_high'])} |")
     return "\n".join(lines)
 
@@ -220,7 +226,7 @@ def goals_markdown(g: pd.DataFrame) -> str:
 def summary_text(g: pd.DataFrame) -> str:
     """One sentence per model and emotion: the chosen setting's share on report prompts against unsteered."""
     parts = [f"{r['model']} {r['emotion']}: {r['share']:.2f} [{r['share_low']:.2f}, {r['share_high']:.2f}] of report "
-             f"continuations judged {r['emotion']} at {r['setting'].split('|', 2)[2]} vs {r['unsteered']:.2f} "
+             f"continuations judged {r['emotion']} at {_where(r['setting'])} vs {r['unsteered']:.2f} "
              f"unsteered (BH p {r['p_adjusted']:.3g}), perplexity ratio {r['ppl_ratio']:.2f}, anti-steerable "
              f"{r['anti']:.2f}; efficacy goal {'met' if r['efficacy_met'] else 'missed'}" for _, r in g.iterrows()]
     return "; ".join(parts)
