@@ -89,14 +89,6 @@ def directions_array(dirs: dict[int, dict]) -> tuple[np.ndarray, list[int], list
     return arr, layers, keys
 
 
-def directions_array(dirs: dict[int, dict]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """Stack ``directions_by_layer`` output: float32 [layers, keys, d], the layers and the keys."""
-    layers = sorted(dirs)
-    keys = sorted(dirs[layers[0]])
-    arr = np.stack([np.stack([dirs[layer][k] for k in keys]) for layer in layers]).astype(np.float32)
-    return arr, layers, keys
-
-
 def directions_by_model(data: dict, probe_dirs: dict | None = None,
                         methods=("mean_vs_neutral", "mean_vs_rest", "pca")) -> dict:
     """{(model, reading): (LayerData, ``directions_by_layer``)} for every entry of ``data`` (``readings_by_model``),

@@ -209,7 +209,7 @@ def goals_markdown(g: pd.DataFrame) -> str:
     """The goals table as Markdown, one row per model and emotion."""
     lines = ["| model | emotion | chosen | share (goal >= 0.50) | unsteered | gain (goal >= 0.30), BH p | ppl ratio "
              "(<= 1.5) | KL chosen | KL random | prompted | steer / prompt | prompted + steered | anti-steerable "
-             "(<= 0.20) |", "|" + " --- |" * 14]
+             "(<= 0.20) |", "|" + " --- |" * 13]
     for _, r in g.iterrows():
         lines.append(
             f"| {r['model']} | {r['emotion']} | {_where(r['setting'])} | "

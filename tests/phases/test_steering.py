@@ -110,7 +110,9 @@ def test_summary_choice_pareto_and_goals_on_planted_rows():
     assert g["steer_over_prompt"] == 2.0 and g["prompted_plus"] == 1.0 and g["plus_gain"] == 0.5
     assert g["anti"] == 0.0 and g["kl"] == pytest.approx(0.2) and g["kl_random"] == pytest.approx(0.02)
     assert g["p_value"] == pytest.approx(0.25) and g["efficacy_met"] and g["anti_met"]  # 2 prompts: 1 of 4 patterns
-    assert "| m | gratitude | L1 s0.25 |" in goals_markdown(goals(_planted(), s, choose(s, cfg), side, cfg))
+    table = goals_markdown(goals(_planted(), s, choose(s, cfg), side, cfg))
+    assert "| m | gratitude | L1 s0.25 |" in table
+    assert len({line.count("|") for line in table.splitlines()}) == 1  # header, separator and rows: one width
     assert side_effect_table(side, cfg)["kl"].round(3).tolist() == [0.2, 0.02]
 
 
