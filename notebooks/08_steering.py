@@ -88,7 +88,8 @@ from IPython.display import Markdown, display
 
 from lib.phases.steering import SteeringConfig, run_phase
 from lib.phases.steering_tables import (example_table, findings, goals, goals_markdown, interference, pareto,
-                                        save_tables, setting_summary, side_effect_table, summary_text)
+                                        prompt_changes, save_tables, setting_summary, side_effect_table,
+                                        summary_text)
 from lib.pipeline.provenance import save_summary
 from lib.pipeline.results import prepare_output_dir, provenance_markdown
 from lib.report.plots import setup_plotly
@@ -178,6 +179,18 @@ goal = goals(gens, summary, tables["chosen"], side, config)
 display(Markdown(goals_markdown(goal)))
 
 # %% [markdown]
+# ## Per-prompt reliability
+# For each report prompt, the judge's probability of the target at the chosen setting minus unsteered. Prompts
+# left of 0 moved away from the target (anti-steerable; Tan et al. 2024 found close to half on some datasets).
+
+# %%
+changes = prompt_changes(gens, tables["chosen"])
+fig = px.strip(changes, x="change", y="emotion", color="emotion", facet_row="model",
+               title="Report half: change in the judge's probability of the target, per prompt")
+fig.add_vline(x=0, line_dash="dot")
+fig.show()
+
+# %% [markdown]
 # ## Controls and baselines beside the chosen vector
 # The same layer and strength with the random and shuffled-label vectors and every phase-03 direction; the
 # prompting baseline and prompting plus steering; unsteered.
@@ -227,6 +240,8 @@ display(Markdown(provenance_markdown()))
 assert set(goal["emotion"]) == set(emotions) and len(goal) == len(models) * len(emotions)
 assert ((summary["share_low"] <= summary["share"] + 1e-12) & (summary["share"] <= summary["share_high"] + 1e-12)).all()
 assert (goal["p_adjusted"] >= goal["p_value"] - 1e-12).all()
+anti = changes.groupby(["model", "emotion"], sort=False)["change"].apply(lambda d: float((d < 0).mean()))
+assert np.allclose(anti.to_numpy(), goal["anti"].to_numpy())
 halves = run.splits["prompt_indices"]
 assert not set(halves["selection"]) & set(halves["report"])
 assert set(gens.loc[gens["half"] == "report", "prompt_index"]) == set(halves["report"])

@@ -26,7 +26,7 @@ from lib.stats.multitest import adjust_family
 from lib.stats.permutation import sign_flip_p
 from lib.steering.metrics import anti_steerable, distinct_n
 
-__all__ = ["setting_summary", "choose", "pareto", "goals", "interference", "side_effect_table"]
+__all__ = ["setting_summary", "choose", "pareto", "prompt_changes", "goals", "interference", "side_effect_table"]
 
 
 def _targeted(rows: pd.DataFrame, emotions) -> pd.DataFrame:
@@ -105,6 +105,19 @@ def _per_prompt(rows, setting, target, col="judge_p"):
     g = rows[rows["setting"] == setting].sort_values("prompt_index")
     value = (g["judge_label"] == target).astype(float) if col == "hit" else g[f"judge_{target}"]
     return pd.Series(value.to_numpy(), index=g["prompt_index"].to_numpy())
+
+
+def prompt_changes(rows: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    """Per model, emotion and report prompt: the judge's probability of the target at the chosen setting minus
+    unsteered (``change`` < 0: the prompt is anti-steerable), the distribution behind the anti-steerable fraction."""
+    out = []
+    rep = rows[rows["half"] == "report"]
+    for _, c in chosen.iterrows():
+        r = rep[rep["model"] == c["model"]]
+        after, before = _per_prompt(r, c["setting"], c["emotion"]), _per_prompt(r, "none", c["emotion"])
+        out.append(pd.DataFrame({"model": c["model"], "emotion": c["emotion"], "prompt_index": after.index,
+                                 "change": (after - before).to_numpy()}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def goals(rows: pd.DataFrame, summary: pd.DataFrame, chosen: pd.DataFrame, side: pd.DataFrame, config) -> pd.DataFrame:

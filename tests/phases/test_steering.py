@@ -13,7 +13,7 @@ from lib.geometry.folds import text_groups
 from lib.phases.steering import SteeringConfig, grid_layers, run_phase
 from lib.phases.steering_data import contrast_pairs, formatted, kl_texts, prompt_halves, prompted
 from lib.phases.steering_tables import (choose, example_table, goals, goals_markdown, interference, pareto,
-                                        save_tables, setting_summary, side_effect_table, summary_text)
+                                        prompt_changes, save_tables, setting_summary, side_effect_table, summary_text)
 from lib.text.datasets import load_authored
 
 CONFIG = SteeringConfig(models=("tiny-llama",), n_prompts=8, n_pairs=8, curve_sizes=(1, 2, 4), max_new_tokens=3,
@@ -114,6 +114,8 @@ def test_summary_choice_pareto_and_goals_on_planted_rows():
     assert "| m | gratitude | L1 s0.25 |" in table
     assert len({line.count("|") for line in table.splitlines()}) == 1  # header, separator and rows: one width
     assert side_effect_table(side, cfg)["kl"].round(3).tolist() == [0.2, 0.02]
+    ch = prompt_changes(_planted(), choose(s, cfg))  # report prompts 2, 3: judge_p 0.9 steered vs 0.1/3 unsteered
+    assert ch["prompt_index"].tolist() == [2, 3] and np.allclose(ch["change"], 0.9 - 0.1 / 3)
 
 
 @pytest.fixture(scope="module")
