@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import torch
 from lib.settings import apply_hub_policy
 
 apply_hub_policy()  # before transformers is imported
+from benchmarks.devices import device_name, sync
 from lib.text.datasets import load_profiles
 from lib.activations.capture import StopForward, stop_forward_hook
 from lib.activations.extract import extract
@@ -57,18 +57,6 @@ def batches(lm, df, batch_size):
     order = np.argsort(enc.lengths.numpy(), kind="stable")
     return [lm.encoder.encode(df["text"].iloc[order[i:i + batch_size]].tolist(), device=lm.device)
             for i in range(0, len(df), batch_size)], int(enc.lengths.sum())
-
-
-def sync(device) -> None:
-    """Wait for queued CUDA work so the clock read next counts it (no-op off CUDA)."""
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def device_name(device) -> str:
-    if str(device).startswith("cuda"):
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)"
 
 
 def bare_forward(lm, encs) -> float:

@@ -20,8 +20,6 @@ Usage: .venv/bin/python benchmarks/head_strength.py [--model smollm2-135m] [--sa
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
@@ -30,6 +28,7 @@ import torch
 from lib.settings import apply_hub_policy
 
 apply_hub_policy()  # before transformers is imported
+from benchmarks.devices import device_name, sync
 from lib.activations.capture import StopForward
 from lib.head_strength import ActivationExtractor
 from lib.models.archs import blocks_of, model_dims, out_proj_of
@@ -37,17 +36,6 @@ from lib.models.encoding import TextEncoder, prepare_tokenizer
 from lib.models.loading import load_hf_model
 from lib.models.registry import resolve_spec
 from lib.text.datasets import load_goemotions
-
-
-def sync(device) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def device_name(device) -> str:
-    if str(device).startswith("cuda"):
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)"
 
 
 def batches(name: str, tokenizer, n: int, batch_size: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:

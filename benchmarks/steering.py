@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import torch
@@ -28,6 +27,7 @@ import torch
 from lib.settings import apply_hub_policy
 
 apply_hub_policy()  # before transformers is imported
+from benchmarks.devices import device_name, sync
 from lib.models.archs import blocks_of
 from lib.models.loading import load_hf_model
 from lib.models.registry import resolve_spec
@@ -39,17 +39,6 @@ PROMPTS = ["Thank you so much for your help with the move.", "The meeting has be
            "The library closes at six on weekdays.", "We are grateful for your patience.", "My bad, I forgot."]
 EMOTIONS = ("gratitude", "anger")
 STRENGTHS = (0.25, 0.5, 1.0, 2.0)
-
-
-def sync(device) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def device_name(device) -> str:
-    if str(device).startswith("cuda"):
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)"
 
 
 def make_settings(hf, tokenizer) -> list[Setting]:

@@ -212,7 +212,7 @@ display(rep[["model", "emotion", "setting", "share", "share_low", "share_high", 
 
 # %%
 display(side_effect_table(side, config).round(4))
-display(interference(summary, gens, config))
+display(interference(gens, config))
 curve = tables["learning_curve"]
 if len(curve):
     px.line(curve, x="n_pairs", y="cosine", color="emotion", facet_col="model", markers=True, log_x=True,

@@ -233,7 +233,8 @@ def _run_model(name: str, config: SteeringConfig, judge, prompts, sel, rep, out:
 
     lex = load_lexicon()
     def scored(df, with_probe=True):  # the probe is read on report rows only: nothing chooses with it
-        ids = [list(tok(p)["input_ids"]) for p in df["prompt"]]
+        ids_of = {p: list(tok(p)["input_ids"]) for p in dict.fromkeys(df["prompt"])}  # each prompt tokenized once
+        ids = [ids_of[p] for p in df["prompt"]]
         return score_generations(df, ids, model=hf, tokenizer=tok, judge=judge, lexicon=lex,
                                  probe=probe if with_probe else None, pad_id=tok.pad_token_id)
     grid = pd.concat([scored(grid[grid["half"] == "selection"], False), scored(grid[grid["half"] == "report"])],

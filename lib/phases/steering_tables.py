@@ -18,9 +18,12 @@ Every number of ``goals`` is then read on the *report* half, which chose nothing
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from lib.files import write_json
 from lib.stats.bootstrap import mean_ci, paired_difference
 from lib.stats.multitest import adjust_family
 from lib.stats.permutation import sign_flip_p
@@ -159,7 +162,7 @@ def goals(rows: pd.DataFrame, summary: pd.DataFrame, chosen: pd.DataFrame, side:
     return g
 
 
-def interference(summary: pd.DataFrame, rows: pd.DataFrame, config) -> pd.DataFrame:
+def interference(rows: pd.DataFrame, config) -> pd.DataFrame:
     """Two vectors at once (``together``): each emotion's share alone and in the sum, on the report half."""
     if len(config.together) < 2:
         return pd.DataFrame()
@@ -259,20 +262,15 @@ def findings(g: pd.DataFrame, judge: dict) -> list[dict]:
 
 def save_tables(out, run, summary: pd.DataFrame, goal: pd.DataFrame, config) -> list:
     """Every table of the phase as CSV (token ids as space-separated integers) and the judge as JSON."""
-    import json
-    from pathlib import Path
-
-    from lib.files import write_json
-
     out = Path(out)
     gens = run.generations.copy()
     gens["token_ids"] = [" ".join(map(str, t)) for t in gens["token_ids"]]
     tables = {"generations": gens, "settings": summary, "goals": goal,
-              "interference": interference(summary, run.generations, config),
+              "interference": interference(run.generations, config),
               "side_effect_summary": side_effect_table(run.tables["side_effects"], config), **run.tables}
     paths = []
     for name, table in tables.items():
         paths.append(out / f"{name}.csv")
         table.to_csv(paths[-1], index=False)
-    write_json(out / "judge.json", json.loads(json.dumps(run.judge)))
+    write_json(out / "judge.json", run.judge)
     return paths + [out / "judge.json"]

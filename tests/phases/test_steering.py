@@ -163,7 +163,7 @@ def test_the_phase_end_to_end_on_a_tiny_model(tiny_run):
     s = setting_summary(gens, cfg)
     g = goals(gens, s, t["chosen"], t["side_effects"], cfg)
     assert len(g) == 2 and (g["p_adjusted"] >= g["p_value"] - 1e-12).all()
-    assert len(interference(s, gens, cfg)) == 2 and len(example_table(gens, t["chosen"]))
+    assert len(interference(gens, cfg)) == 2 and len(example_table(gens, t["chosen"]))
     paths = save_tables(out, run, s, g, cfg)
     assert all(p.exists() for p in paths) and "tiny-llama gratitude" in summary_text(g)
     back = pd.read_csv(out / "generations.csv")

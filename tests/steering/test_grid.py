@@ -2,28 +2,16 @@
 model, single-row runs of the Gumbel-max sampler, and a hand-built Gumbel-max draw."""
 from __future__ import annotations
 
-from functools import lru_cache
 
 import pytest
 import torch
 
-from lib.models.tiny import build_tiny_model, build_tiny_tokenizer
 from lib.steering.grid import GumbelNoise, Setting, generate_grid
 from lib.steering.hooks import generate_steered, mean_residual_norm
+from tests.steering.shared import PROMPTS, tiny_hf
 
-PROMPTS = ["Thank you so much for your help with the move", "Sorry.", "Why does this keep happening?"]
 N_NEW = 6
 ARCHS = ["tiny-llama", "tiny-gpt2", "tiny-pythia"]
-
-
-@lru_cache(maxsize=None)
-def _model(name: str):
-    return build_tiny_model(name)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
 
 
 def _unit(seed: int, d: int = 64) -> torch.Tensor:
@@ -57,7 +45,7 @@ def _hooks(model) -> dict:
 def test_grid_equals_one_generate_steered_per_setting(name, tokenizer):
     """Mixed layers and strengths in batches of 5 rows (chunks straddle settings and layers) against separate
     runs, token for token."""
-    model = _model(name)
+    model = tiny_hf(name)
     settings = _settings(model, tokenizer)
     df = generate_grid(model, tokenizer, PROMPTS, settings, max_new_tokens=N_NEW, batch_rows=5)
     assert len(df) == len(settings) * len(PROMPTS)
@@ -75,7 +63,7 @@ def test_grid_equals_one_generate_steered_per_setting(name, tokenizer):
 
 @pytest.mark.parametrize("operator", ["ablate", "clamp"])
 def test_grid_other_operators_and_generated_positions(operator, tokenizer):
-    model = _model("tiny-llama")
+    model = tiny_hf("tiny-llama")
     settings = _settings(model, tokenizer, operator=operator, positions="generated")
     df = generate_grid(model, tokenizer, PROMPTS, settings, max_new_tokens=N_NEW, batch_rows=64)
     for s in settings:
@@ -84,7 +72,7 @@ def test_grid_other_operators_and_generated_positions(operator, tokenizer):
 
 
 def test_strength_zero_is_the_unsteered_generation(tokenizer):
-    model = _model("tiny-gpt2")
+    model = tiny_hf("tiny-gpt2")
     norm = _scale(model, tokenizer, 1)
     settings = [Setting(name="zero", layer=0, vector=_unit(1), strength=0.0),
                 Setting(name="big", layer=1, vector=_unit(2), strength=10 * norm)]
@@ -101,7 +89,7 @@ def test_strength_zero_is_the_unsteered_generation(tokenizer):
 
 
 def test_sampling_does_not_depend_on_batch_neighbours(tokenizer):
-    model = _model("tiny-llama")
+    model = tiny_hf("tiny-llama")
     settings = _settings(model, tokenizer)[:4]
     big = generate_grid(model, tokenizer, PROMPTS, settings, max_new_tokens=N_NEW, do_sample=True, seed=3,
                         batch_rows=64)
@@ -125,7 +113,7 @@ def test_gumbel_noise_is_gumbel_max_sampling():
 
 
 def test_no_hook_remains_after_an_error(tokenizer, monkeypatch):
-    model = _model("tiny-llama")
+    model = tiny_hf("tiny-llama")
     before = _hooks(model)
     settings = _settings(model, tokenizer)[:2]
     calls = []
@@ -142,7 +130,7 @@ def test_no_hook_remains_after_an_error(tokenizer, monkeypatch):
 
 
 def test_bad_inputs_are_named(tokenizer):
-    model = _model("tiny-llama")
+    model = tiny_hf("tiny-llama")
     s = Setting(name="a", layer=0, vector=_unit(0), strength=1.0)
     with pytest.raises(ValueError, match="repeated"):
         generate_grid(model, tokenizer, PROMPTS, [s, s], max_new_tokens=2)

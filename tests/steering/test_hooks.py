@@ -3,7 +3,6 @@ cache (the whole sequence re-run each step), single-row runs, the unhooked model
 on the Hugging Face hidden states, and the ``steering-vectors`` library."""
 from __future__ import annotations
 
-from functools import lru_cache
 
 import pytest
 import torch
@@ -11,19 +10,9 @@ import torch
 from lib.models.archs import blocks_of
 from lib.models.tiny import TINY_NAMES, build_tiny_model, build_tiny_tokenizer
 from lib.steering.hooks import Steering, generate_steered, mean_residual_norm, steer
+from tests.steering.shared import PROMPTS, tiny_hf
 
-PROMPTS = ["Thank you so much for your help with the move", "Sorry.", "Why does this keep happening?"]
 N_NEW = 6
-
-
-@lru_cache(maxsize=None)
-def _model(name: str):
-    return build_tiny_model(name)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
 
 
 def _left_padded(tokenizer, prompts=PROMPTS):
@@ -53,7 +42,7 @@ def _greedy(model, ids, mask, steerings, use_cache: bool) -> torch.Tensor:
 @pytest.mark.parametrize("positions", ["both", "generated"])
 @pytest.mark.parametrize("name", TINY_NAMES)
 def test_kv_cache_generation_equals_uncached(name, positions, tokenizer):
-    model = _model(name)
+    model = tiny_hf(name)
     ids, mask = _left_padded(tokenizer)
     norm = mean_residual_norm(model, ids, mask, 0)
     steering = Steering(layer=0, vector=_unit(64), strength=6 * norm, operator="add",
@@ -71,7 +60,7 @@ def test_kv_cache_generation_equals_uncached(name, positions, tokenizer):
 
 @pytest.mark.parametrize("name", TINY_NAMES)
 def test_strength_zero_is_bit_identical_and_hooks_are_removed(name, tokenizer):
-    model = _model(name)
+    model = tiny_hf(name)
     ids, mask = _left_padded(tokenizer)
     v = _unit(64)
     zeros = [Steering(layer=0, vector=v, strength=0.0, operator="add", positions="both"),
@@ -95,7 +84,7 @@ def test_strength_zero_is_bit_identical_and_hooks_are_removed(name, tokenizer):
 @pytest.mark.parametrize("per_row_vector", [False, True])
 @pytest.mark.parametrize("name", TINY_NAMES)
 def test_batched_grid_equals_one_setting_at_a_time(name, per_row_vector, tokenizer):
-    model = _model(name)
+    model = tiny_hf(name)
     enc = tokenizer([PROMPTS[0]], return_tensors="pt")
     ids, mask = enc.input_ids, enc.attention_mask
     norm = mean_residual_norm(model, ids, mask, 1)
@@ -129,7 +118,7 @@ def _layer0_states(model, ids, mask, prompt_mask, steerings) -> torch.Tensor:
 def test_operators_by_hand(name, tokenizer):
     """The edits as the model reports them in ``hidden_states`` (whose recording hooks the clean forward
     installs first, so the steering hook must run before them)."""
-    model = _model(name)
+    model = tiny_hf(name)
     prompt_ids, prompt_mask = _left_padded(tokenizer)
     extra = torch.tensor([[5, 9]] * len(PROMPTS))  # two "generated" tokens after the prompt
     ids = torch.cat([prompt_ids, extra], 1)
@@ -186,7 +175,7 @@ def test_add_matches_the_steering_vectors_library(name, tokenizer):
     sv = pytest.importorskip("steering_vectors")
     from steering_vectors.layer_matching import collect_matching_layers, guess_decoder_block_matcher
 
-    model = _model(name)
+    model = tiny_hf(name)
     layer = 1
     theirs_blocks = collect_matching_layers(model, guess_decoder_block_matcher(model))
     assert model.get_submodule(theirs_blocks[layer]) is blocks_of(model)[layer]
@@ -243,7 +232,7 @@ def test_invalid_settings_name_the_field(field, bad):
 
 
 def test_wrong_batch_and_layer_are_refused(tokenizer):
-    model = _model("tiny-llama")
+    model = tiny_hf("tiny-llama")
     ids, mask = _left_padded(tokenizer)
     grid = Steering(layer=0, vector=torch.ones(64), strength=torch.ones(2), operator="add", positions="both")
     with pytest.raises(ValueError, match="2 rows but prompt_mask has 3"):

@@ -3,30 +3,23 @@ Hugging Face models' logits, and torch.nn.functional.kl_div."""
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.models.tiny import build_tiny_model, build_tiny_tokenizer
 from lib.steering.metrics import anti_steerable, continuation_nll, distinct_n, next_token_kl, perplexity_ratio
+from tests.steering.shared import PROMPTS, tiny_hf
 
-PROMPTS = ["Thank you so much for your help with the move", "Sorry.", "Why does this keep happening?"]
 CONTINUATIONS = [" it was kind", " I did not mean it, truly I did not", "!"]
 
 
-@lru_cache(maxsize=None)
-def _model(name: str):
-    return build_tiny_model(name)
-
-
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(tokenizer):
     for name in ("tiny-llama", "tiny-gpt2"):  # built here, outside the timed test calls
-        _model(name)(torch.tensor([[5, 6]]))
-    return build_tiny_tokenizer()
+        tiny_hf(name)(torch.tensor([[5, 6]]))
+    return tokenizer
 
 
 def test_distinct_n_by_hand():
@@ -56,7 +49,7 @@ def _loop_nll(model, tokenizer, prompts, continuations):
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_continuation_nll_matches_plain_loop(tokenizer, name, side):
-    model = _model(name)
+    model = tiny_hf(name)
     tokenizer.padding_side = side
     want = _loop_nll(model, tokenizer, PROMPTS, CONTINUATIONS)
     got = continuation_nll(model, tokenizer, PROMPTS, CONTINUATIONS, batch_size=2)  # rows of unequal length
@@ -67,7 +60,7 @@ def test_continuation_nll_matches_plain_loop(tokenizer, name, side):
 
 
 def test_continuation_nll_depends_on_prompt(tokenizer):
-    model = _model("tiny-llama")
+    model = tiny_hf("tiny-llama")
     a = continuation_nll(model, tokenizer, ["Thank you"], [" so much"])
     b = continuation_nll(model, tokenizer, ["Why does this"], [" so much"])
     assert not np.isclose(a[0], b[0])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
 
 import gguf
 import pytest
@@ -13,10 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lib.models.archs import arch_of, get_path
-from lib.models.tiny import TINY_NAMES, build_tiny_model, build_tiny_tokenizer
+from lib.models.tiny import TINY_NAMES, build_tiny_tokenizer
 from lib.steering.vector_files import VectorSet, export_gguf_control_vector
 from lib.steering.vectors import (contrast_vector, curve_from_differences, learning_curve, pair_differences,
                                   random_like, residual_reads, shuffled_label_mean, shuffled_label_vector, swap_signs)
+from tests.steering.shared import tiny_hf
 
 TEXTS = ["Thank you so much for your help with the move, I really appreciate it.", "Sorry.",
          "Why does this keep happening?", "The library closes at six on weekdays"]
@@ -26,11 +26,6 @@ PAIRS = [("Thank you so much for your help.", "I am furious that the train was c
          ("You saved my whole week.", "Fix it now or I will cancel my account."),
          ("Thank you!", "Nobody has answered."),
          ("I really appreciate it.", "The train was cancelled again without any notice!")]
-
-
-@lru_cache(maxsize=None)
-def _model(name: str):
-    return build_tiny_model(name)
 
 
 @pytest.fixture
@@ -61,7 +56,7 @@ def _one_line_error(excinfo) -> str:
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("name", TINY_NAMES)
 def test_residual_reads_equal_hidden_states_of_each_text_alone(name, side, read, tokenizer):
-    model = _model(name)
+    model = tiny_hf(name)
     tokenizer.padding_side = side
     assert (tokenizer(TEXTS[:3], padding=True).attention_mask[1].count(0)) > 0, "the batch should be padded"
     got = residual_reads(model, tokenizer, TEXTS, 0, read=read, batch_size=3)
@@ -73,7 +68,7 @@ def test_residual_reads_equal_hidden_states_of_each_text_alone(name, side, read,
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma3"])
 def test_residual_reads_of_the_last_block_are_hidden_states_before_the_final_norm(name, tokenizer):
     """HF's last hidden state is the final norm of the last block's output; our read is that output itself."""
-    model = _model(name)
+    model = tiny_hf(name)
     tokenizer.padding_side = "left"
     got = residual_reads(model, tokenizer, TEXTS, 1, batch_size=4)
     final_norm = get_path(model, arch_of(model).final_norm)
@@ -84,7 +79,7 @@ def test_residual_reads_of_the_last_block_are_hidden_states_before_the_final_nor
 
 
 def test_residual_reads_refuse_bad_inputs(tokenizer):
-    model = _model("tiny-llama")
+    model = tiny_hf("tiny-llama")
     for kwargs, match in [(dict(texts=TEXTS, layer=2), "out of range"), (dict(texts=TEXTS, layer=-1), "layer"),
                           (dict(texts=[], layer=0), "non-empty"), (dict(texts=["ok", ""], layer=0), r"texts\[1\]"),
                           (dict(texts="one string", layer=0), "list of strings"),
@@ -101,7 +96,7 @@ def test_residual_reads_refuse_bad_inputs(tokenizer):
 def test_contrast_vector_equals_steering_vectors_library(name, tokenizer):
     from steering_vectors import mean_aggregator, train_steering_vector
 
-    model = _model(name)
+    model = tiny_hf(name)
     reference = train_steering_vector(model, tokenizer, PAIRS, layers=[1], read_token_index=-1,
                                       aggregator=mean_aggregator())  # positive minus negative, one pair at a time
     tokenizer.padding_side = "left"  # ours batched and left-padded
@@ -112,7 +107,7 @@ def test_contrast_vector_equals_steering_vectors_library(name, tokenizer):
 
 
 def test_mean_read_contrast_vector_is_the_hand_mean_of_differences(tokenizer):
-    model = _model("tiny-gpt-neo")
+    model = tiny_hf("tiny-gpt-neo")
     tokenizer.padding_side = "left"
     want = torch.stack([_hand_read(model, tokenizer, p, "mean") - _hand_read(model, tokenizer, n, "mean")
                         for p, n in PAIRS]).mean(0)
@@ -126,7 +121,7 @@ def _hand_differences(model, tokenizer) -> torch.Tensor:
 
 
 def test_learning_curve_is_seeded_nested_and_ends_at_cosine_one(tokenizer):
-    model = _model("tiny-llama")
+    model = tiny_hf("tiny-llama")
     diffs = _hand_differences(model, tokenizer)
     torch.testing.assert_close(pair_differences(model, tokenizer, PAIRS, 0, batch_size=4), diffs, atol=2e-5,
                                rtol=1e-5)
@@ -187,7 +182,7 @@ def test_swap_signs_are_balanced_and_seeded():
 def test_shuffled_labels_on_planted_pairs_scale_the_known_offset_by_a_mean_sign_near_zero(tokenizer):
     """N copies of one pair: every difference is the known offset delta, so the shuffled vector is c * delta
     with c = the mean of the signs; over seeds, c averages to about 0."""
-    model = _model("tiny-llama")
+    model = tiny_hf("tiny-llama")
     pos, neg = PAIRS[0]
     delta = _hand_read(model, tokenizer, pos, "last") - _hand_read(model, tokenizer, neg, "last")
     n = 8
@@ -205,7 +200,7 @@ def test_shuffled_labels_on_planted_pairs_scale_the_known_offset_by_a_mean_sign_
 
 
 def test_shuffled_label_vector_is_the_hand_mean_with_swapped_pairs_and_averages_to_zero(tokenizer):
-    model = _model("tiny-gpt2")
+    model = tiny_hf("tiny-gpt2")
     diffs = _hand_differences(model, tokenizer)
     got = shuffled_label_vector(model, tokenizer, PAIRS, 0, seed=4)
     signs = swap_signs(len(PAIRS), seed=4)
